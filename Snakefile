@@ -1,0 +1,21 @@
+# giblet: movie + fMRI -> a multimodal autoencoder whose middle layer is the brain.
+# Run:  snakemake --cores all                    (the built-in demo, config/config.yaml)
+#       snakemake --cores all --configfile config/benchmark.yaml
+# Every rule is a thin call into the installed `giblet` package; see README.md for the DAG.
+
+from snakemake.utils import min_version
+
+min_version("9.27")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        final_targets(),

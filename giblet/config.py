@@ -1,0 +1,125 @@
+"""Load and validate the pipeline configuration.
+
+The JSON schema (``giblet/schemas/config.schema.yaml``, also reachable as
+``workflow/schemas/config.schema.yaml``) is the single definition of every key, its type and its
+default. The Snakefile and the ``giblet`` CLI both go through :func:`validate_config`, so a config
+that Snakemake accepts is exactly a config the CLI accepts.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, mistyped or out of range; the message names the key."""
+
+
+def load_schema() -> dict:
+    with open(SCHEMA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+def _unknown_keys(data: Any, schema: dict, prefix: str = "") -> list[str]:
+    """Dotted names of keys in ``data`` that the schema does not declare, each with a suggestion."""
+    if not isinstance(data, dict) or schema.get("type") != "object":
+        return []
+    known = schema.get("properties", {})
+    problems = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if key in known:
+            problems += _unknown_keys(value, known[key], name + ".")
+        elif schema.get("additionalProperties", True) is False:
+            close = difflib.get_close_matches(str(key), list(known), n=1)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys here: {sorted(known)}"
+            problems.append(f"unknown config key '{name}'{hint}")
+    return problems
+
+
+def validate_config(config: dict) -> dict:
+    """Validate ``config`` in place against the schema and fill in defaults.
+
+    Uses ``snakemake.utils.validate`` (the same validator the Snakefile would use). Unknown keys are
+    reported first, by their dotted name and with the closest known key, because a typo is the
+    commonest config error.
+
+    Returns the same (now complete) dict. Raises :class:`ConfigError` naming the offending key.
+    """
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    problems = _unknown_keys(config, load_schema())
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    try:
+        validate(config, str(SCHEMA_PATH), set_default=True)
+    except WorkflowError as err:
+        cause = err.__context__  # the jsonschema ValidationError snakemake caught
+        if not hasattr(cause, "absolute_path"):
+            raise ConfigError(str(err)) from err
+        key = ".".join(str(p) for p in cause.absolute_path) or "<top level>"
+        raise ConfigError(f"invalid config key '{key}': {cause.message}") from err
+    _check_consistency(config)
+    return config
+
+
+def _check_consistency(config: dict) -> None:
+    """Relations between keys that JSON schema cannot express."""
+    scenes = config["demo"]["scenes"]
+    if scenes["min_segment_s"] > scenes["max_segment_s"]:
+        raise ConfigError("invalid config key 'demo.scenes.min_segment_s': larger than max_segment_s")
+    difficulty = config["demo"]["difficulty"]
+    if difficulty["ceiling_min"] > difficulty["ceiling_max"]:
+        raise ConfigError("invalid config key 'demo.difficulty.ceiling_min': larger than ceiling_max")
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value`` (value in YAML syntax) into (["a", "b", "c"], value)."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not of the form key.path=value")
+    key, raw = item.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def apply_overrides(config: dict, overrides: list[str]) -> dict:
+    """Return a copy of ``config`` with ``key.path=value`` overrides applied (before validation)."""
+    config = copy.deepcopy(config)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = config
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a section")
+        node[path[-1]] = value
+    return config
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> dict:
+    """Read a YAML config (or start from the defaults when ``path`` is None), apply overrides, validate.
+
+    A config file may hold only the keys that differ from the defaults (``config/benchmark.yaml``
+    does), because validation fills in everything else.
+    """
+    config: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        with open(path) as f:
+            config = yaml.safe_load(f) or {}
+        if not isinstance(config, dict):
+            raise ConfigError(f"config file {path} does not hold a mapping of keys")
+    try:
+        return validate_config(apply_overrides(config, list(overrides)))
+    except ConfigError as err:
+        where = f" in {path}" if path is not None else ""
+        raise ConfigError(f"{err}{where}") from None

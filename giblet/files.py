@@ -1,0 +1,87 @@
+"""Writing outputs safely and describing where they came from.
+
+Every stage writes into a temporary location and renames at the end, so a failure leaves no partial
+output and never damages what an earlier run wrote (DESIGN.md, principle 7).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+PACKAGE_ROOT = Path(__file__).parent
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def source_hash(*relative_paths: str) -> str:
+    """Short hash of package source files (paths relative to ``giblet/``; folders are recursed).
+
+    Rules pass it as a param, so editing the code of a stage reruns that stage (Snakemake does not
+    see edits to package code it calls).
+    """
+    digest = hashlib.sha256()
+    for rel in relative_paths:
+        root = PACKAGE_ROOT / rel
+        files = sorted(root.rglob("*.py")) if root.is_dir() else [root]
+        if not files or not all(f.is_file() for f in files):
+            raise FileNotFoundError(f"no package source at {root}")
+        for f in files:
+            digest.update(str(f.relative_to(PACKAGE_ROOT)).encode())
+            digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_output_dir(final_dir: str | Path) -> Iterator[Path]:
+    """Yield a temporary directory next to ``final_dir``; on success move its files into place.
+
+    Files are moved one by one with ``os.replace`` (sub-directories are kept), so files already in
+    ``final_dir`` that the stage does not write are untouched. On an exception the temporary
+    directory is removed and ``final_dir`` is exactly as before.
+    """
+    final_dir = Path(final_dir)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.tmp-", dir=final_dir.parent))
+    try:
+        yield tmp
+        for src in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            dst = final_dir / src.relative_to(tmp)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dst)
+        _fsync_dir(final_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    """Write ``data`` as indented JSON via a temporary file and an atomic rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
