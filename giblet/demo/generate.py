@@ -122,8 +122,8 @@ def make_demo(demo: dict, tr: float, out_dir: str | Path, progress: bool = True)
         ceiling[has_signal] = brain.uniform_by_rank(
             brain.smooth_field(rng, mask, demo["resolution_mm"])[has_signal],
             difficulty["ceiling_min"], difficulty["ceiling_max"])
-        baseline = (1000.0 + 300.0 * np.tanh(brain.smooth_field(rng, mask, demo["resolution_mm"]) * 10)
-                    ).astype(np.float32)
+        intensity = brain.smooth_field(rng, mask, demo["resolution_mm"])
+        baseline = (1000.0 + 300.0 * np.tanh(intensity / intensity.std())).astype(np.float32)
         designs = brain.region_designs(latents, tr, n_trs)
         signal = brain.noise_free_signal(designs, labels, difficulty["nonlinear_fraction"], rng)
         ceiling = ceiling.astype(np.float32)

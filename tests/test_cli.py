@@ -1,0 +1,44 @@
+"""The `giblet` console command."""
+
+import subprocess
+import sys
+
+import yaml
+
+
+def run_giblet(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "giblet.cli", *args], capture_output=True, text=True,
+                          **kwargs)
+
+
+def test_help_lists_the_stages():
+    result = run_giblet("--help")
+    assert result.returncode == 0
+    assert "demo" in result.stdout and "config" in result.stdout
+
+
+def test_config_prints_the_filled_in_config():
+    result = run_giblet("config", "--set", "demo.n_trs=123")
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    assert config["demo"]["n_trs"] == 123 and config["demo"]["difficulty"]["ar1_phi"] == 0.4
+
+
+def test_bad_key_exits_2_naming_the_key(tmp_path):
+    result = run_giblet("demo", "--set", "demo.n_subjcts=2", "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "demo.n_subjcts" in result.stderr and "demo.n_subjects" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_command_writes_the_demo(tmp_path):
+    from tests.conftest import SMALL_DEMO
+
+    overrides = [a for item in SMALL_DEMO + ["demo.n_subjects=2"] for a in ("--set", item)]
+    result = run_giblet("demo", *overrides, "--quiet", "--out", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.relative_to(tmp_path / "demo").as_posix() for p in (tmp_path / "demo").rglob("*")
+                   if p.is_file())
+    assert names == ["annotations.tsv", "demo.json", "fmri/sub-01_bold.nii.gz", "fmri/sub-02_bold.nii.gz",
+                     "movie.mp4", "truth.npz"]
+    assert [p.name for p in tmp_path.iterdir()] == ["demo"]  # no temporary directory left behind
