@@ -24,12 +24,12 @@ from giblet.config import load_config
 def _encode_blank_movie(path: Path, n_frames: int, fps: float, width: int, height: int,
                         sample_rate: int, n_samples: int) -> None:
     """Reference: the same container, codecs and settings, with constant frames and silence."""
-    from giblet.demo.movie import AUDIO_BIT_RATE, VIDEO_CODEC_OPTIONS, _rate
+    from giblet.demo.movie import AUDIO_BIT_RATE, VIDEO_CODEC_OPTIONS, stream_rate
 
     blank = np.zeros((height, width, 3), dtype=np.uint8)
     silence = np.zeros((2, sample_rate), dtype=np.float32)
     with av.open(str(path), "w") as container:
-        vstream = container.add_stream("libx264", rate=_rate(fps), options=VIDEO_CODEC_OPTIONS)
+        vstream = container.add_stream("libx264", rate=stream_rate(fps), options=VIDEO_CODEC_OPTIONS)
         vstream.width, vstream.height, vstream.pix_fmt = width, height, "yuv420p"
         astream = container.add_stream("aac", rate=sample_rate, layout="stereo")
         astream.bit_rate = AUDIO_BIT_RATE

@@ -98,7 +98,7 @@ def write_movie(path: str | Path, latents: Latents, duration_s: float, tr: float
     n_chunks = int(np.ceil(duration_s / tr))
 
     with av.open(str(path), mode="w") as container:
-        vstream = container.add_stream("libx264", rate=_rate(fps), options=VIDEO_CODEC_OPTIONS)
+        vstream = container.add_stream("libx264", rate=stream_rate(fps), options=VIDEO_CODEC_OPTIONS)
         vstream.width, vstream.height, vstream.pix_fmt = video["width"], video["height"], "yuv420p"
         astream = container.add_stream("aac", rate=sample_rate, layout="stereo")
         astream.bit_rate = AUDIO_BIT_RATE
@@ -125,7 +125,7 @@ def write_movie(path: str | Path, latents: Latents, duration_s: float, tr: float
             "video_codec": "h264", "audio_codec": "aac"}
 
 
-def _rate(fps: float):
+def stream_rate(fps: float):
     """PyAV wants an int or a Fraction for the stream rate; 29.97 becomes 30000/1001."""
     from fractions import Fraction
 
