@@ -13,6 +13,7 @@ import yaml
 
 from giblet import __version__
 from giblet.config import ConfigError, load_config
+from giblet.errors import InputError
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +41,90 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stage_paths(args: argparse.Namespace) -> tuple[dict, dict]:
+    from giblet import paths
+
+    config = load_config(args.config, args.overrides)
+    return config, paths.stimulus(config)
+
+
+def cmd_frames(args: argparse.Namespace) -> int:
+    """Video frames per TR."""
+    from giblet import paths
+    from giblet.stimulus.frames import extract_frames
+
+    config, out = _stage_paths(args)
+    print(extract_frames(args.movie or paths.movie(config), args.out or out["frames"], config["tr"],
+                         config["stimulus"]["frames"], progress=not args.quiet))
+    return 0
+
+
+def cmd_frames_preview(args: argparse.Namespace) -> int:
+    """Frames back to a PNG grid, an mp4 or a GIF."""
+    from giblet.stimulus.frames import preview_frames
+
+    print(preview_frames(args.frames, args.out, args.first_tr, args.n_trs))
+    return 0
+
+
+def cmd_audio(args: argparse.Namespace) -> int:
+    """EnCodec codes per TR."""
+    from giblet import paths
+    from giblet.stimulus.audio import encode_audio
+
+    config, out = _stage_paths(args)
+    print(encode_audio(args.movie or paths.movie(config), args.out or out["audio"], config["tr"],
+                       config["stimulus"]["audio"], progress=not args.quiet))
+    return 0
+
+
+def cmd_audio_decode(args: argparse.Namespace) -> int:
+    """EnCodec codes back to a 24 kHz wav."""
+    from giblet.stimulus.audio import decode_audio
+
+    print(decode_audio(args.codes, args.out, device=args.device))
+    return 0
+
+
+def cmd_text(args: argparse.Namespace) -> int:
+    """CLIP embeddings of the annotations per TR."""
+    from giblet import paths
+    from giblet.stimulus.text import embed_text
+
+    config, out = _stage_paths(args)
+    written = embed_text(args.annotations or paths.annotations(config), args.movie or paths.movie(config),
+                         args.out or out["text"], config["tr"], config["stimulus"]["text"],
+                         progress=not args.quiet)
+    print(written)
+    return 0
+
+
+def cmd_text_nearest(args: argparse.Namespace) -> int:
+    """For each row of an embeddings array, the annotations with the most similar embedding."""
+    import numpy as np
+
+    from giblet.stimulus.text import nearest_annotations
+
+    library = np.load(args.library)
+    queries = np.load(args.embeddings).reshape(-1, library["embeddings"].shape[1])
+    index, score = nearest_annotations(queries, library["embeddings"], args.top_k)
+    for row, (ids, scores) in enumerate(zip(index, score)):
+        matches = "  |  ".join(f"{s:.3f} {library['texts'][i]}" for i, s in zip(ids, scores))
+        print(f"{row}\t{matches}")
+    return 0
+
+
+def _add_stage(sub, name: str, func, help: str, inputs: tuple[str, ...]) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help)
+    _add_config_args(p)
+    for item in inputs:
+        p.add_argument(f"--{item}", metavar="PATH", help=f"input {item} (default: from the config)")
+    p.add_argument("--out", metavar="PATH", help="output .npy (default: under <results_dir>/stimulus/)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="giblet",
@@ -58,6 +143,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="output directory (default: <results_dir>/demo)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
+
+    _add_stage(sub, "frames", cmd_frames, "video frames per TR (rule extract_frames)", ("movie",))
+    _add_stage(sub, "audio", cmd_audio, "EnCodec audio codes per TR (rule encode_audio)", ("movie",))
+    _add_stage(sub, "text", cmd_text, "CLIP embeddings of the annotations per TR (rule embed_text)",
+               ("annotations", "movie"))
+
+    p = sub.add_parser("frames-preview", help="frames.npy back to a PNG grid (one row per TR), mp4 or GIF")
+    p.add_argument("frames", metavar="FRAMES_NPY")
+    p.add_argument("--out", required=True, metavar="PATH", help=".png, .mp4 or .gif")
+    p.add_argument("--first-tr", type=int, default=0)
+    p.add_argument("--n-trs", type=int, default=8)
+    p.set_defaults(func=cmd_frames_preview)
+
+    p = sub.add_parser("audio-decode", help="audio_codes.npy back to a 24 kHz wav")
+    p.add_argument("codes", metavar="CODES_NPY")
+    p.add_argument("--out", required=True, metavar="WAV")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_audio_decode)
+
+    p = sub.add_parser("text-nearest", help="nearest annotations (cosine) to embeddings, e.g. decoded ones")
+    p.add_argument("embeddings", metavar="EMBEDDINGS_NPY", help="(..., d) float array")
+    p.add_argument("--library", required=True, metavar="NPZ", help="text_annotations.npz of embed_text")
+    p.add_argument("--top-k", type=int, default=3)
+    p.set_defaults(func=cmd_text_nearest)
     return parser
 
 
@@ -68,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         return args.func(args)
-    except ConfigError as err:
+    except (ConfigError, InputError) as err:
         print(f"giblet: error: {err}", file=sys.stderr)
         return 2
 

@@ -71,8 +71,24 @@ def validate_config(config: dict) -> dict:
     return config
 
 
+# Weights that exist only so the demo runs offline; real data needs real weights.
+DEMO_ONLY_WEIGHTS = {"audio": ("weights", "demo-random"), "text": ("pretrained", "none")}
+
+
 def _check_consistency(config: dict) -> None:
     """Relations between keys that JSON schema cannot express."""
+    if config["dataset"] == "files":
+        for key in ("movie", "annotations"):
+            if not config["inputs"][key] and (key == "movie" or config["stimulus"]["text"]["enabled"]):
+                raise ConfigError(f"invalid config key 'inputs.{key}': required when dataset is 'files'")
+        for modality, (key, demo_value) in DEMO_ONLY_WEIGHTS.items():
+            section = config["stimulus"][modality]
+            if section["enabled"] and section[key] == demo_value:
+                raise ConfigError(
+                    f"invalid config key 'stimulus.{modality}.{key}': '{demo_value}' (random weights) is "
+                    "for the demo only; with dataset 'files' give pretrained weights or a weights file")
+    if not any(config["stimulus"][m]["enabled"] for m in ("frames", "audio", "text")):
+        raise ConfigError("invalid config key 'stimulus': every modality is disabled")
     scenes = config["demo"]["scenes"]
     if scenes["min_segment_s"] > scenes["max_segment_s"]:
         raise ConfigError("invalid config key 'demo.scenes.min_segment_s': larger than max_segment_s")

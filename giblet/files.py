@@ -85,3 +85,41 @@ def write_json(path: str | Path, data: dict) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def package_versions(*names: str) -> dict:
+    """Installed versions of the named distributions (``None`` when one is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("giblet", "numpy", *names):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def write_sidecar(npy_path: str | Path, array, parameters: dict, sources: dict[str, str | Path],
+                  models: dict | None = None, extra: dict | None = None,
+                  packages: tuple[str, ...] = ()) -> Path:
+    """Write the JSON sidecar of an ``.npy`` output next to it (``frames.npy`` -> ``frames.json``).
+
+    Records shape, dtype, the parameters, the SHA-256 of every source file (by role), the model and
+    weights identity, and package versions, so an array always says where it came from.
+    """
+    npy_path = Path(npy_path)
+    sidecar = npy_path.with_suffix(".json")
+    write_json(sidecar, {
+        "file": npy_path.name, "shape": list(array.shape), "dtype": str(array.dtype),
+        "parameters": parameters,
+        "sources": {role: {"path": str(p), "sha256": sha256_file(p)} for role, p in sources.items()},
+        "models": models or {}, "versions": package_versions(*packages), **(extra or {}),
+    })
+    return sidecar
+
+
+def read_sidecar(npy_path: str | Path) -> dict:
+    """The JSON sidecar of an ``.npy`` output."""
+    with open(Path(npy_path).with_suffix(".json")) as f:
+        return json.load(f)

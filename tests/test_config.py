@@ -88,3 +88,34 @@ def test_overrides_and_file_errors(tmp_path):
     (tmp_path / "typo.yaml").write_text("demo:\n  sead: 1\n")
     with pytest.raises(ConfigError, match=r"demo\.sead.*typo\.yaml"):
         load_config(tmp_path / "typo.yaml")
+
+
+def test_real_data_needs_inputs_and_real_weights():
+    files = ["dataset=files", "inputs.movie=movie.mp4", "inputs.annotations=a.tsv",
+             "stimulus.audio.weights=pretrained", "stimulus.text.pretrained=openai"]
+    assert load_config(None, files)["dataset"] == "files"
+    with pytest.raises(ConfigError, match=r"'inputs\.movie': required when dataset is 'files'"):
+        load_config(None, [o for o in files if not o.startswith("inputs.movie")])
+    with pytest.raises(ConfigError, match=r"'stimulus\.audio\.weights': 'demo-random' \(random weights\) is for the demo only"):
+        load_config(None, [o for o in files if not o.startswith("stimulus.audio")])
+    with pytest.raises(ConfigError, match=r"'stimulus\.text\.pretrained': 'none'"):
+        load_config(None, [o for o in files if not o.startswith("stimulus.text")])
+    # Without text, annotations are not needed and the text weights do not matter.
+    no_text = [o for o in files if not o.startswith(("inputs.annotations", "stimulus.text"))]
+    assert load_config(None, no_text + ["stimulus.text.enabled=false"])
+
+
+def test_at_least_one_modality():
+    off = [f"stimulus.{m}.enabled=false" for m in ("frames", "audio", "text")]
+    with pytest.raises(ConfigError, match="every modality is disabled"):
+        load_config(None, off)
+    assert load_config(None, off[:2])["stimulus"]["text"]["enabled"]
+
+
+def test_text_columns_preset_or_mapping():
+    custom = load_config(None, ["stimulus.text.columns={onset: Start, offset: End, text: [A, B]}"])
+    assert custom["stimulus"]["text"]["columns"]["text"] == ["A", "B"]
+    with pytest.raises(ConfigError, match=r"'stimulus\.text\.columns'"):
+        load_config(None, ["stimulus.text.columns=imdb"])
+    with pytest.raises(ConfigError, match=r"'stimulus\.text\.columns'"):
+        load_config(None, ["stimulus.text.columns={onset: Start, text: [A]}"])

@@ -30,7 +30,16 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict:
 def test_dry_run_on_the_default_config(workflow_copy):
     result = snakemake(workflow_copy, "-n")
     assert result.returncode == 0, result.stderr
-    assert planned_jobs(result) == {"demo_dataset": 1, "all": 1}
+    assert planned_jobs(result) == {"demo_dataset": 1, "extract_frames": 1, "encode_audio": 1,
+                                    "embed_text": 1, "all": 1}
+
+
+def test_a_disabled_modality_leaves_the_dag(workflow_copy):
+    overlay = write_overlay(workflow_copy, ["stimulus.audio.enabled=false"], "silent.yaml")
+    result = snakemake(workflow_copy, "-n", "--configfile", overlay)
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = planned_jobs(result)
+    assert "encode_audio" not in jobs and jobs["extract_frames"] == 1 and jobs["embed_text"] == 1
 
 
 def test_mistyped_config_key_stops_snakemake_naming_the_key(workflow_copy):

@@ -1,6 +1,6 @@
 # Shared set-up: config validation, output locations, and the code-version params.
+from giblet import paths
 from giblet.config import validate_config
-from giblet.demo import output_paths as demo_output_paths
 from giblet.files import source_hash
 
 # Validates with snakemake.utils.validate against workflow/schemas/config.schema.yaml, fills in
@@ -9,14 +9,19 @@ validate_config(config)
 
 RESULTS = config["results_dir"]
 LOGS = f"{RESULTS}/logs"
-DEMO = demo_output_paths(f"{RESULTS}/demo", config["demo"]["n_subjects"])
+DEMO = paths.demo(config)
+STIMULUS = {key: str(path) for key, path in paths.stimulus(config).items()}
+MOVIE = str(paths.movie(config))
 
 
 def as_str(paths):
-    """Snakemake wants str paths; DEMO holds pathlib paths and lists of them."""
+    """Snakemake wants str paths; the giblet.paths helpers return pathlib paths and lists of them."""
     return [str(p) for p in paths] if isinstance(paths, list) else str(paths)
 
 
 def final_targets():
     """What `snakemake` builds by default: the end of every branch of the DAG built so far."""
-    return [as_str(DEMO["truth"]), as_str(DEMO["movie"]), as_str(DEMO["annotations"])] + as_str(DEMO["bold"])
+    targets = as_str(paths.enabled_stimulus_outputs(config))
+    if config["dataset"] == "demo":
+        targets += [as_str(DEMO["truth"])] + as_str(DEMO["bold"])
+    return targets

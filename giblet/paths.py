@@ -1,0 +1,53 @@
+"""Where every stage reads and writes, derived from the config in one place.
+
+The Snakefile and the ``giblet`` command both use these, so a file a rule declares is exactly the
+file the command writes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from giblet.config import ConfigError
+from giblet.demo import output_paths as demo_output_paths
+
+
+def demo(config: dict) -> dict:
+    return demo_output_paths(Path(config["results_dir"]) / "demo", config["demo"]["n_subjects"])
+
+
+def _input(config: dict, key: str) -> Path:
+    if config["dataset"] == "demo":
+        return demo(config)[key]
+    value = config["inputs"][key]
+    if not value:
+        raise ConfigError(f"invalid config key 'inputs.{key}': required when dataset is 'files'")
+    return Path(value)
+
+
+def movie(config: dict) -> Path:
+    return _input(config, "movie")
+
+
+def annotations(config: dict) -> Path:
+    return _input(config, "annotations")
+
+
+def stimulus(config: dict) -> dict:
+    """Outputs of the three stimulus stages (whether or not a modality is enabled)."""
+    root = Path(config["results_dir"]) / "stimulus"
+    return {
+        "frames": root / "frames.npy", "frames_sidecar": root / "frames.json",
+        "audio": root / "audio_codes.npy", "audio_sidecar": root / "audio_codes.json",
+        "text": root / "text.npy", "text_mask": root / "text_mask.npy",
+        "text_annotations": root / "text_annotations.npz", "text_sidecar": root / "text.json",
+    }
+
+
+def enabled_stimulus_outputs(config: dict) -> list[Path]:
+    """The stimulus files the enabled modalities produce."""
+    out = stimulus(config)
+    keys = {"frames": ["frames", "frames_sidecar"], "audio": ["audio", "audio_sidecar"],
+            "text": ["text", "text_mask", "text_annotations", "text_sidecar"]}
+    return [out[k] for modality, names in keys.items() if config["stimulus"][modality]["enabled"]
+            for k in names]

@@ -1,0 +1,1 @@
+"""Stimulus features per TR: video frames, EnCodec audio codes and CLIP text embeddings."""

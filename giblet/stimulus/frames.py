@@ -1,0 +1,188 @@
+"""Video frames per TR: one sequential decode, frames assigned to TRs by their timestamps.
+
+Output: uint8 ``(T, frames_per_tr, height, width, 3)`` RGB, written incrementally into a
+memory-mapped ``.npy`` so a feature-length movie never has to fit in RAM.
+
+TR ``i`` holds the frames whose presentation time lies in ``[i*tr, (i+1)*tr)``: every
+``frame_skip``-th of them, starting with the first. ``frames_per_tr = ceil(fps * tr / frame_skip)``
+from the nominal frame rate; a window that holds fewer frames (the rate does not divide the TR, or
+the rate varies) repeats its last frame in the spare slots, and a window with more (variable frame
+rate) drops its extras. The sidecar counts both. Timestamps, not frame counts, decide, so 25,
+29.97 and variable frame rates all land in the right TR.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import av
+import numpy as np
+
+from giblet.errors import InputError
+from giblet.files import atomic_output_dir, write_sidecar
+from giblet.logs import progress as progress_bar
+from giblet.stimulus.media import open_media, probe_movie
+from giblet.timing import n_trs as count_trs
+from giblet.timing import tr_of_time
+
+log = logging.getLogger(__name__)
+
+# Area averaging: the right filter for downscaling (no aliasing of fine detail).
+INTERPOLATION = "AREA"
+
+
+def frames_per_tr(fps: float, tr: float, frame_skip: int) -> int:
+    """Frame slots per TR: ``ceil(fps * tr / frame_skip)`` (38 for 25 fps, 1.5 s, skip 1)."""
+    return max(1, math.ceil(fps * tr / frame_skip - 1e-6))
+
+
+def _decode_into(movie: Path, out: np.ndarray, tr: float, frame_skip: int, progress: bool) -> dict:
+    """Decode ``movie`` once, writing the kept frames into ``out`` (T, F, H, W, 3). Returns counts."""
+    n_trs, slots, height, width = out.shape[:4]
+    kept = np.zeros(n_trs, dtype=np.int64)  # frames written per TR
+    seen = np.zeros(n_trs, dtype=np.int64)  # frames whose timestamp fell in the TR window
+    dropped = 0
+    last_time, current = None, 0
+    with open_media(movie) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame-parallel decoding: the decode is the bottleneck
+        bar = progress_bar(None, "extract frames", "TR", progress, total=n_trs)
+        try:
+            for frame in container.decode(stream):
+                if frame.time is None:
+                    raise InputError(movie, f"frame {frame.index} has no timestamp")
+                last_time = frame.time
+                i = int(tr_of_time(frame.time, tr))
+                if i >= n_trs:
+                    break
+                if i < 0:
+                    continue
+                if i > current:
+                    bar.update(i - current)
+                    current = i
+                position = seen[i]
+                seen[i] += 1
+                if position % frame_skip:
+                    continue
+                if kept[i] >= slots:
+                    dropped += 1
+                    continue
+                out[i, kept[i]] = frame.reformat(width=width, height=height, format="rgb24",
+                                                 interpolation=INTERPOLATION).to_ndarray()
+                kept[i] += 1
+        except av.error.FFmpegError as err:
+            where = f" after {last_time:.2f} s" if last_time is not None else ""
+            raise InputError(movie, f"video decoding failed{where} ({err}); the file is corrupt") from None
+        finally:
+            bar.close()
+    return {"kept": kept, "seen": seen, "dropped": dropped, "last_time": last_time}
+
+
+def extract_frames(movie: str | Path, out_npy: str | Path, tr: float, params: dict,
+                   progress: bool = True) -> Path:
+    """The ``extract_frames`` stage: write ``out_npy`` (uint8, T x F x H x W x 3) and its sidecar.
+
+    ``params`` is the validated ``stimulus.frames`` config section (width, height, frame_skip).
+    Raises InputError naming the movie when it has no video stream, is corrupt or is truncated.
+    """
+    movie, out_npy = Path(movie), Path(out_npy)
+    info = probe_movie(movie)
+    if not info.has_video:
+        raise InputError(movie, "has no video stream")
+    if not info.fps:
+        raise InputError(movie, "has no frame rate in its headers")
+    n_trs = count_trs(info.duration_s, tr)
+    if n_trs == 0:
+        raise InputError(movie, f"is {info.duration_s:.2f} s long, shorter than one TR ({tr} s)")
+    skip, height, width = params["frame_skip"], params["height"], params["width"]
+    slots = frames_per_tr(info.fps, tr, skip)
+    log.info("%s: %.2f s at %.3f fps -> %d TRs x %d frames of %dx%d", movie, info.duration_s, info.fps,
+             n_trs, slots, width, height)
+
+    with atomic_output_dir(out_npy.parent) as tmp:
+        frames = np.lib.format.open_memmap(tmp / out_npy.name, mode="w+", dtype=np.uint8,
+                                           shape=(n_trs, slots, height, width, 3))
+        counts = _decode_into(movie, frames, tr, skip, progress)
+        kept = counts["kept"]
+        empty = np.flatnonzero(kept == 0)
+        if len(empty) and empty[-1] == n_trs - 1:
+            end = counts["last_time"] or 0.0
+            raise InputError(movie, f"decoded video ends at {end:.2f} s but the header says "
+                                    f"{info.duration_s:.2f} s: the file is truncated")
+        for i in empty:  # a gap in a variable-frame-rate movie: the picture has not changed
+            frames[i] = frames[i - 1, kept[i - 1] - 1] if i else 0
+            kept[i] = 1 if i else 0
+        for i in np.flatnonzero((kept > 0) & (kept < slots)):
+            frames[i, kept[i]:] = frames[i, kept[i] - 1]
+        frames.flush()
+        write_sidecar(tmp / out_npy.name, frames, parameters={**params, "tr": tr},
+                      sources={"movie": movie}, packages=("av",), extra={
+                          "n_trs": n_trs, "duration_s": info.duration_s, "fps": info.fps,
+                          "frames_per_tr": slots, "source_size": [info.width, info.height],
+                          "frames_in_window": {"min": int(counts["seen"].min()),
+                                               "max": int(counts["seen"].max())},
+                          "repeated_slots": int((slots - np.minimum(counts["kept"], slots)).sum()),
+                          "empty_trs_filled": int(len(empty)), "dropped_frames": counts["dropped"],
+                          "interpolation": INTERPOLATION,
+                      })
+        del frames
+    return out_npy
+
+
+def frames_to_grid(frames: np.ndarray, path: str | Path, columns: int = 8) -> Path:
+    """Tile frames (N, H, W, 3) uint8 into one PNG, ``columns`` per row (the inverse, for eyes)."""
+    from PIL import Image
+
+    frames = np.asarray(frames)
+    n, h, w, _ = frames.shape
+    rows = math.ceil(n / columns)
+    grid = np.full((rows * h, min(n, columns) * w, 3), 255, dtype=np.uint8)
+    for k, frame in enumerate(frames):
+        r, c = divmod(k, columns)
+        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = frame
+    Image.fromarray(grid).save(path)
+    return Path(path)
+
+
+def frames_to_video(frames: np.ndarray, path: str | Path, fps: float) -> Path:
+    """Write frames (N, H, W, 3) uint8 as an H.264 mp4, or an animated GIF if ``path`` ends in .gif."""
+    path = Path(path)
+    frames = np.asarray(frames)
+    if path.suffix.lower() == ".gif":
+        from PIL import Image
+
+        images = [Image.fromarray(f) for f in frames]
+        images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+        return path
+    from giblet.demo.movie import stream_rate
+
+    height, width = frames.shape[1:3]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=stream_rate(fps), options={"crf": "18"})
+        # yuv420p needs even sizes; pad by one pixel where the frames are odd.
+        stream.width, stream.height, stream.pix_fmt = width + width % 2, height + height % 2, "yuv420p"
+        for k, image in enumerate(frames):
+            image = np.pad(image, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            frame.pts = k
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return path
+
+
+def preview_frames(frames_npy: str | Path, out: str | Path, first_tr: int = 0, n_trs: int = 8) -> Path:
+    """The inverse of extract_frames: TRs ``[first_tr, first_tr + n_trs)`` as a PNG grid (one row
+    per TR) or, for .mp4/.gif, as a movie at the frames' own rate."""
+    from giblet.files import read_sidecar
+
+    frames = np.load(frames_npy, mmap_mode="r")
+    if not 0 <= first_tr < len(frames):
+        raise ValueError(f"{frames_npy}: first_tr {first_tr} is outside 0..{len(frames) - 1}")
+    chosen = np.asarray(frames[first_tr:first_tr + n_trs])
+    if Path(out).suffix.lower() == ".png":
+        return frames_to_grid(chosen.reshape(-1, *chosen.shape[2:]), out, columns=chosen.shape[1])
+    sidecar = read_sidecar(frames_npy)
+    rate = sidecar["frames_per_tr"] / sidecar["parameters"]["tr"]
+    return frames_to_video(chosen.reshape(-1, *chosen.shape[2:]), out, rate)
