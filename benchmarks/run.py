@@ -77,7 +77,23 @@ def demo_generation(quick: bool) -> dict:
     }
 
 
-BENCHMARKS = {"demo_generation": demo_generation}
+def _lazy(module: str, name: str):
+    """Import a benchmark only when it runs (the torch-based ones take seconds to import)."""
+
+    def run(quick: bool) -> dict:
+        import importlib
+
+        return getattr(importlib.import_module(f"benchmarks.{module}"), name)(quick)
+
+    return run
+
+
+BENCHMARKS = {
+    "demo_generation": demo_generation,
+    "frame_extraction": _lazy("frames_speed", "frame_extraction"),
+    "encodec_realtime": _lazy("encodec_speed", "encodec_realtime"),
+    "clip_throughput": _lazy("clip_speed", "clip_throughput"),
+}
 
 
 def main() -> None:

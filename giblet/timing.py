@@ -31,6 +31,11 @@ def n_trs(duration_s: float, tr: float) -> int:
     return int(math.floor(duration_s / tr + _EPS))
 
 
+def tr_index(t_s: float, tr: float) -> int:
+    """Scalar :func:`tr_of_time` for per-frame loops (no numpy call overhead)."""
+    return math.floor(t_s / tr + _EPS)
+
+
 def tr_of_time(t_s: np.ndarray | float, tr: float) -> np.ndarray:
     """Index of the TR whose window ``[i*tr, (i+1)*tr)`` contains time ``t_s`` (seconds)."""
     return np.floor(np.asarray(t_s, dtype=np.float64) / tr + _EPS).astype(np.int64)

@@ -20,7 +20,10 @@ def test_n_trs_rejects_bad_tr():
 
 
 def test_tr_of_time_uses_half_open_windows():
-    np.testing.assert_array_equal(timing.tr_of_time([0.0, 1.4999, 1.5, 2.99, 3.0], 1.5), [0, 0, 1, 1, 2])
+    times = [0.0, 1.4999, 1.5, 2.99, 3.0, 1001 / 30000 * 45]
+    expected = [0, 0, 1, 1, 2, 1]
+    np.testing.assert_array_equal(timing.tr_of_time(times, 1.5), expected)
+    assert [timing.tr_index(t, 1.5) for t in times] == expected
 
 
 def test_convolution_matches_numpy_reference():
