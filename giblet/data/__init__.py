@@ -1,0 +1,1 @@
+"""The dataset bundle: one manifest that describes every array, and windowed samples from it."""

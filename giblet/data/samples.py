@@ -1,0 +1,63 @@
+"""Training samples: the stimulus in a causal window of TRs -> the fMRI at the window's end.
+
+Sample ``j`` of a split is target fMRI TR ``t = targets[j]`` with the stimulus TRs
+``[t + shift - lag + 1, t + shift]`` (see giblet.splits). Arrays are read from the manifest's
+memory-mapped ``.npy`` files, or held on a device (e.g. the GPU) when they fit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from giblet.data.assemble import load_manifest
+from giblet.splits import Split
+
+# Manifest roles -> sample keys, and the dtype each sample tensor gets.
+ROLES = {"frames": ("frames", torch.uint8), "audio_codes": ("codes", torch.int64),
+         "text": ("text", torch.float32), "text_mask": ("text_mask", torch.bool)}
+
+
+class WindowDataset(torch.utils.data.Dataset):
+    """Windowed (stimulus -> fMRI) samples of one split block.
+
+    Each item is a dict: ``target`` (int, fMRI TR), ``fmri`` (V,) float32, and per enabled modality
+    ``frames`` (lag, F, H, W, 3) uint8, ``codes`` (lag, n_q, frames_per_tr) int64, ``text``
+    (lag, k, d) float32 and ``text_mask`` (lag, k) bool.
+
+    ``device``: None reads each sample from the memory maps (DataLoader workers can share them);
+    a torch device loads every array onto it once, for data that fit in its memory.
+    """
+
+    def __init__(self, manifest: str | Path | dict, split: str, device: str | torch.device | None = None):
+        self.manifest = manifest if isinstance(manifest, dict) else load_manifest(manifest)
+        self.split = Split.from_dict(self.manifest["split"])
+        if split not in self.split.ranges:
+            raise KeyError(f"split '{split}' is not in the manifest (has {sorted(self.split.ranges)})")
+        self.targets = self.split.targets(split)
+        self.device = torch.device(device) if device is not None else None
+        arrays = self.manifest["arrays"]
+        self.sources = {role: np.load(arrays[role]["path"], mmap_mode="r") for role in ROLES if role in arrays}
+        self.sources["fmri"] = np.load(arrays["fmri"]["path"], mmap_mode="r")
+        if self.device is not None:
+            self.sources = {role: torch.from_numpy(np.array(a)).to(self.device)
+                            for role, a in self.sources.items()}
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, j: int) -> dict:
+        target = self.targets[j]
+        start, stop = self.split.window(target)
+        item = {"target": target, "fmri": self._tensor(self.sources["fmri"][target], torch.float32)}
+        for role, (key, dtype) in ROLES.items():
+            if role in self.sources:
+                item[key] = self._tensor(self.sources[role][start:stop], dtype)
+        return item
+
+    def _tensor(self, value, dtype: torch.dtype) -> torch.Tensor:
+        if isinstance(value, torch.Tensor):
+            return value.to(dtype)
+        return torch.from_numpy(np.array(value)).to(dtype)
