@@ -30,7 +30,7 @@ rule encode_audio:
     params:
         audio=config["stimulus"]["audio"],
         tr=config["tr"],
-        code=source_hash("stimulus/audio.py", "stimulus/media.py", "timing.py"),
+        code=source_hash("stimulus/audio.py", "stimulus/encodec_weights.py", "stimulus/media.py", "timing.py"),
     threads: 4
     log:
         f"{LOGS}/encode_audio.log",
@@ -51,7 +51,7 @@ rule embed_text:
     params:
         text=config["stimulus"]["text"],
         tr=config["tr"],
-        code=source_hash("stimulus/text.py", "stimulus/media.py", "timing.py"),
+        code=source_hash("stimulus/text.py", "stimulus/annotations.py", "stimulus/media.py", "timing.py"),
     threads: 4
     log:
         f"{LOGS}/embed_text.log",
