@@ -14,6 +14,8 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/stimulus.smk"
+include: "workflow/rules/fmri.smk"
+include: "workflow/rules/dataset.smk"
 
 
 rule all:

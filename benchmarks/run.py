@@ -93,6 +93,7 @@ BENCHMARKS = {
     "frame_extraction": _lazy("frames_speed", "frame_extraction"),
     "encodec_realtime": _lazy("encodec_speed", "encodec_realtime"),
     "clip_throughput": _lazy("clip_speed", "clip_throughput"),
+    "normalize_memory": _lazy("fmri_memory", "normalize_memory"),
 }
 
 

@@ -18,6 +18,19 @@ from typing import Iterator
 PACKAGE_ROOT = Path(__file__).parent
 
 
+def sha256_in_background(path: str | Path):
+    """Start hashing ``path`` on a thread (hashlib releases the GIL); ``.result()`` gives the digest.
+
+    Large inputs are hashed while the stage reads and computes, instead of in a second pass.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    executor = ThreadPoolExecutor(max_workers=1)
+    future = executor.submit(sha256_file, path)
+    executor.shutdown(wait=False)
+    return future
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
     digest = hashlib.sha256()
@@ -102,18 +115,21 @@ def package_versions(*names: str) -> dict:
 
 def write_sidecar(npy_path: str | Path, array, parameters: dict, sources: dict[str, str | Path],
                   models: dict | None = None, extra: dict | None = None,
-                  packages: tuple[str, ...] = ()) -> Path:
+                  packages: tuple[str, ...] = (), source_hashes: dict[str, str] | None = None) -> Path:
     """Write the JSON sidecar of an ``.npy`` output next to it (``frames.npy`` -> ``frames.json``).
 
     Records shape, dtype, the parameters, the SHA-256 of every source file (by role), the model and
     weights identity, and package versions, so an array always says where it came from.
+    ``source_hashes`` gives digests already computed (e.g. while the stage worked), by role.
     """
+    source_hashes = source_hashes or {}
     npy_path = Path(npy_path)
     sidecar = npy_path.with_suffix(".json")
     write_json(sidecar, {
         "file": npy_path.name, "shape": list(array.shape), "dtype": str(array.dtype),
         "parameters": parameters,
-        "sources": {role: {"path": str(p), "sha256": sha256_file(p)} for role, p in sources.items()},
+        "sources": {role: {"path": str(p), "sha256": source_hashes.get(role) or sha256_file(p)}
+                    for role, p in sources.items()},
         "models": models or {}, "versions": package_versions(*packages), **(extra or {}),
     })
     return sidecar

@@ -51,3 +51,39 @@ def enabled_stimulus_outputs(config: dict) -> list[Path]:
             "text": ["text", "text_mask", "text_annotations", "text_sidecar"]}
     return [out[k] for modality, names in keys.items() if config["stimulus"][modality]["enabled"]
             for k in names]
+
+
+def subjects(config: dict) -> list[str]:
+    """Subject ids as configured (before any are dropped for being short)."""
+    from giblet.demo import subject_ids
+
+    if config["dataset"] == "demo":
+        return subject_ids(config["demo"]["n_subjects"])
+    if len(config["inputs"]["subjects"]) < 2:
+        raise ConfigError("invalid config key 'inputs.subjects': list at least two subjects")
+    return list(config["inputs"]["subjects"])
+
+
+def bold(config: dict) -> dict[str, Path]:
+    """Subject id -> 4-D NIfTI, in subject order."""
+    if config["dataset"] == "demo":
+        return dict(zip(subjects(config), demo(config)["bold"]))
+    pattern = config["inputs"]["bold"]
+    if not pattern or "{subject}" not in pattern:
+        raise ConfigError("invalid config key 'inputs.bold': a path pattern containing {subject} is required "
+                          "when dataset is 'files'")
+    return {s: Path(pattern.format(subject=s)) for s in subjects(config)}
+
+
+def fmri(config: dict) -> dict:
+    """Outputs of the fMRI stages; ``z``/``z_sidecar``/``stats`` are patterns with ``{subject}``."""
+    root = Path(config["results_dir"]) / "fmri"
+    return {"mask": root / "mask.nii.gz", "info": root / "fmri.json",
+            "z": root / "sub-{subject}_z.npy", "z_sidecar": root / "sub-{subject}_z.json",
+            "stats": root / "sub-{subject}_stats.npz",
+            "group": root / "group.npy", "group_sidecar": root / "group.json", "ceiling": root / "ceiling.npz"}
+
+
+def dataset(config: dict) -> dict:
+    root = Path(config["results_dir"]) / "dataset"
+    return {"split": root / "split.json", "manifest": root / "manifest.json"}

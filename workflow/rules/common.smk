@@ -12,6 +12,9 @@ LOGS = f"{RESULTS}/logs"
 DEMO = paths.demo(config)
 STIMULUS = {key: str(path) for key, path in paths.stimulus(config).items()}
 MOVIE = str(paths.movie(config))
+FMRI = {key: str(path) for key, path in paths.fmri(config).items()}
+BOLD = {subject: str(path) for subject, path in paths.bold(config).items()}
+DATASET = {key: str(path) for key, path in paths.dataset(config).items()}
 
 
 def as_str(paths):
@@ -21,7 +24,13 @@ def as_str(paths):
 
 def final_targets():
     """What `snakemake` builds by default: the end of every branch of the DAG built so far."""
-    targets = as_str(paths.enabled_stimulus_outputs(config))
-    if config["dataset"] == "demo":
-        targets += [as_str(DEMO["truth"])] + as_str(DEMO["bold"])
-    return targets
+    return [str(paths.dataset(config)["manifest"])]
+
+
+def kept_subjects_z(wildcards):
+    """The z-scored subjects that passed fmri_mask (known once the checkpoint has run)."""
+    import json
+
+    with open(checkpoints.fmri_mask.get().output.info) as f:
+        kept = json.load(f)["subjects"]
+    return expand(FMRI["z"], subject=kept)

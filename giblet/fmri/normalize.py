@@ -1,0 +1,191 @@
+"""The ``normalize_fmri`` stage: z-score one subject's masked BOLD, streaming it through a memmap.
+
+Two passes over a memory-mapped ``.npy`` of shape (n_trs, V) float32, so peak memory stays near one
+subject's masked array (the file-backed pages) plus one chunk:
+
+1. read ``chunk_trs`` volumes at a time (in time order: a ``.nii.gz`` decompresses forwards once),
+   mask them into rows of the memmap, and accumulate float64 sums over the fit TRs;
+2. z-score the memmap in place, chunk by chunk: ``z = (x - mean) / std`` with ``ddof=1``, as
+   nilearn's ``standardize="zscore_sample"``.
+
+The statistics come from TRs ``[fit_trs[0], fit_trs[1])`` only (the training TRs when a split is
+declared, or all TRs), and are stored. A voxel constant over the fit TRs, or with a NaN/Inf
+anywhere in the first n_trs TRs (possible with a ``majority`` mask), gets z = 0 at every TR; both are
+counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from giblet.errors import InputError
+from giblet.files import atomic_output_dir, sha256_in_background, write_sidecar
+from giblet.fmri.inputs import AFFINE_TOLERANCE_MM, iter_chunks, load_bold
+from giblet.logs import progress as progress_bar
+
+log = logging.getLogger(__name__)
+
+DDOF = 1
+
+
+def mask_indices(mask_path: Path, bold: nib.Nifti1Image) -> np.ndarray:
+    """Positions of the mask's voxels in a volume flattened in file (Fortran) order, listed in C order.
+
+    ``volume.T.reshape(-1)[indices]`` equals ``volume[mask]`` (nilearn's voxel order) without
+    copying the volume into C order first. The mask must be on the BOLD's grid.
+    """
+    image = nib.load(mask_path)
+    mask = np.asarray(image.dataobj) > 0
+    shape = tuple(bold.shape[:3])
+    if mask.shape != shape:
+        raise InputError(mask_path, f"mask shape {mask.shape} differs from the BOLD's spatial shape {shape}")
+    difference = float(np.max(np.abs(image.affine - bold.affine)))
+    if difference > AFFINE_TOLERANCE_MM:
+        raise InputError(mask_path, f"mask affine differs from the BOLD's by up to {difference:.6g}")
+    return np.ravel_multi_index(np.nonzero(mask), mask.shape, order="F")
+
+
+class FitSums:
+    """Per-voxel running sums over the fit TRs, for the mean and the sample variance.
+
+    The rows are shifted by the mean of the first rows seen (float32), so the differences are small
+    and exact-ish in float32 and ``(sum d^2 - (sum d)^2 / n) / (n - 1)`` loses no precision to a large
+    baseline (BOLD sits near 1000 with a few percent of signal). Sums accumulate in float64.
+    """
+
+    def __init__(self, n_voxels: int):
+        self.n = 0
+        self.shift = None
+        self.sum = np.zeros(n_voxels)
+        self.sum_sq = np.zeros(n_voxels)
+
+    def add(self, rows: np.ndarray, work: np.ndarray) -> None:
+        """Accumulate rows (c, V) float32; ``work`` is scratch space of at least that shape, float32."""
+        if not len(rows):
+            return
+        if self.shift is None:
+            self.shift = rows.mean(axis=0, dtype=np.float64).astype(np.float32)
+        d = np.subtract(rows, self.shift, out=work[:len(rows)])
+        self.sum += np.add.reduce(d, axis=0, dtype=np.float64)
+        np.square(d, out=d)  # float32 squares: each exact to 1e-7 relative, summed in float64
+        self.sum_sq += np.add.reduce(d, axis=0, dtype=np.float64)
+        self.n += len(rows)
+
+    def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-voxel mean and sample standard deviation (ddof=1), float64 (V,)."""
+        mean_d = self.sum / self.n
+        var = (self.sum_sq - self.sum * mean_d) / (self.n - DDOF)
+        return self.shift + mean_d, np.sqrt(np.maximum(var, 0.0))
+
+
+def _fill(image, bold_path: Path, out: np.ndarray, indices: np.ndarray, fit_trs: tuple[int, int],
+          chunk_trs: int, progress: bool) -> tuple[FitSums, np.ndarray]:
+    """Pass 1: masked rows into ``out`` (n_trs, V); returns the fit sums and a (V,) non-finite flag.
+
+    Non-finite values are stored as 0 and their voxels flagged (they end up z = 0).
+    """
+    n_trs, n_voxels = out.shape
+    sums, non_finite = FitSums(n_voxels), np.zeros(n_voxels, dtype=bool)
+    work = np.empty((min(chunk_trs, n_trs), n_voxels), dtype=np.float32)
+    chunks = iter_chunks(image, bold_path, n_trs, chunk_trs)
+    for start, data in progress_bar(chunks, "normalize: read", "chunk", progress,
+                                    total=-(-n_trs // chunk_trs)):
+        rows = out[start:start + data.shape[3]]
+        volumes = data.T.reshape(data.shape[3], -1)  # (c, voxels in file order): a view
+        if volumes.dtype == rows.dtype:
+            np.take(volumes, indices, axis=1, out=rows, mode="clip")  # no temporary; indices are valid
+        else:
+            rows[...] = volumes[:, indices]  # cast to float32
+        if not np.isfinite(np.add.reduce(rows, axis=0, dtype=np.float64)).all():  # cheap test first
+            bad = ~np.isfinite(rows)
+            non_finite |= bad.any(axis=0)
+            rows[bad] = 0.0
+        lo, hi = max(fit_trs[0], start), min(fit_trs[1], start + len(rows))
+        if hi > lo:
+            sums.add(rows[lo - start:hi - start], work)
+    return sums, non_finite
+
+
+def _zscore_in_place(out: np.ndarray, mean: np.ndarray, inv_std: np.ndarray, chunk_trs: int, progress: bool) -> None:
+    """Pass 2: ``out = (out - mean) * inv_std`` in place, chunk by chunk, float32 at float64-like accuracy.
+
+    The float64 mean is split into float32 ``hi + lo``: ``x - hi`` is exact (or rounded relative to
+    the small result), so the result is good to a few float32 ulps of z instead of ulps of the
+    baseline (~1000), at float32 speed.
+    """
+    n_trs, _ = out.shape
+    hi = mean.astype(np.float32)
+    lo = (mean - hi).astype(np.float32)
+    inv_std = inv_std.astype(np.float32)
+    for start in progress_bar(range(0, n_trs, chunk_trs), "normalize: z-score", "chunk", progress):
+        rows = out[start:start + chunk_trs]
+        rows -= hi
+        rows -= lo
+        rows *= inv_std
+
+
+def normalize_subject(bold_path: Path, mask_path: Path, n_trs: int, fit_trs: tuple[int, int],
+                      out_npy: Path, out_stats: Path, chunk_trs: int = 64, progress: bool = True) -> Path:
+    """Z-score one subject's first ``n_trs`` TRs within the mask; write the z array and its statistics.
+
+    Writes ``out_npy`` float32 (n_trs, V) with its JSON sidecar, and ``out_stats`` (npz: ``mean``,
+    ``std`` float32 (V,) in the BOLD's units (0 for voxels with NaN/Inf), ``fit_trs``, ``ddof``, ``n_trs``, ``n_constant_in_fit``,
+    ``n_non_finite``); all atomically, in ``out_npy``'s directory (``out_stats`` must share it).
+    ``fit_trs = (start, stop)`` is the TR range the statistics are fitted on. Returns ``out_npy``.
+    """
+    bold_path, mask_path, out_npy, out_stats = map(Path, (bold_path, mask_path, out_npy, out_stats))
+    if out_npy.parent.resolve() != out_stats.parent.resolve():
+        raise ValueError(f"{out_npy} and {out_stats} must be in the same directory")
+    fit_trs = (int(fit_trs[0]), int(fit_trs[1]))
+    if not 0 <= fit_trs[0] < fit_trs[1] <= n_trs or fit_trs[1] - fit_trs[0] <= DDOF:
+        raise ValueError(f"fit_trs {fit_trs} must be a range of at least 2 TRs within [0, {n_trs})")
+    image = load_bold(bold_path)
+    bold_hash = sha256_in_background(bold_path)
+    if image.shape[3] < n_trs:
+        raise InputError(bold_path, f"has {image.shape[3]} TRs, fewer than the {n_trs} to normalize")
+    indices = mask_indices(mask_path, image)
+
+    with atomic_output_dir(out_npy.parent) as tmp:
+        out = np.lib.format.open_memmap(tmp / out_npy.name, mode="w+", dtype=np.float32,
+                                        shape=(n_trs, len(indices)))
+        sums, non_finite = _fill(image, bold_path, out, indices, fit_trs, chunk_trs, progress)
+        mean, std = sums.mean_std()
+        constant = (std == 0) & ~non_finite
+        zero = constant | non_finite
+        mean[non_finite], std[non_finite] = 0.0, 0.0
+        inv_std = np.divide(1.0, std, out=np.zeros_like(std), where=~zero)
+        _zscore_in_place(out, np.where(zero, 0.0, mean), inv_std, chunk_trs, progress)
+        out.flush()
+        stats = {"fit_trs": list(fit_trs), "ddof": DDOF, "n_trs": n_trs,
+                 "n_constant_in_fit": int(constant.sum()), "n_non_finite": int(non_finite.sum())}
+        np.savez(tmp / out_stats.name, mean=mean.astype(np.float32), std=std.astype(np.float32), **stats)
+        write_sidecar(tmp / out_npy.name, out, parameters={"fit_trs": list(fit_trs), "ddof": DDOF, "n_trs": n_trs},
+                      sources={"bold": bold_path, "mask": mask_path}, extra={"stats": stats},
+                      source_hashes={"bold": bold_hash.result()})
+        del out
+    if stats["n_constant_in_fit"] or stats["n_non_finite"]:
+        log.warning("%s: z = 0 for %d voxels constant over TRs %s and %d with NaN/Inf", bold_path,
+                    stats["n_constant_in_fit"], fit_trs, stats["n_non_finite"])
+    return out_npy
+
+
+def normalize_for_split(bold_path: Path, mask_path: Path, info_json: Path, split_json: Path, normalize_on: str,
+                        out_npy: Path, out_stats: Path, progress: bool = True) -> Path:
+    """The rule's entry point: fit on the split's training block (``normalize_on: train``) or on all
+    TRs (``all``), over the common length that ``fmri_mask`` settled on."""
+    import json
+
+    n_trs = json.loads(Path(info_json).read_text())["n_trs"]
+    if normalize_on == "train":
+        fit_trs = tuple(json.loads(Path(split_json).read_text())["ranges"]["train"])
+    elif normalize_on == "all":
+        fit_trs = (0, n_trs)
+    else:
+        raise ValueError(f"normalize_on must be 'train' or 'all', not {normalize_on!r}")
+    log.info("%s: statistics fit on TRs [%d, %d) (%s)", bold_path, *fit_trs, normalize_on)
+    return normalize_subject(Path(bold_path), Path(mask_path), n_trs, fit_trs, Path(out_npy), Path(out_stats),
+                             progress=progress)

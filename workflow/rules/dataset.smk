@@ -1,0 +1,45 @@
+# The dataset bundle: where the split falls, and the manifest that training reads.
+
+rule plan_split:
+    """Contiguous train/val/test target blocks with lag-window buffers, from the lengths in the
+    fMRI and movie headers (so z-scoring can fit on the training block before features exist)."""
+    input:
+        info=FMRI["info"],
+        movie=MOVIE,
+    output:
+        split=DATASET["split"],
+    params:
+        split=config["split"],
+        shift_trs=config["fmri"]["shift_trs"],
+        stimulus=config["stimulus"],
+        tr=config["tr"],
+        code=source_hash("splits.py"),
+    log:
+        f"{LOGS}/plan_split.log",
+    script:
+        "../scripts/plan_split.py"
+
+
+rule assemble_dataset:
+    """Check every array against the split and write dataset/manifest.json."""
+    input:
+        stimulus=as_str(paths.enabled_stimulus_outputs(config)),
+        group=FMRI["group"],
+        ceiling=FMRI["ceiling"],
+        mask=FMRI["mask"],
+        info=FMRI["info"],
+        split=DATASET["split"],
+        truth=as_str(DEMO["truth"]) if config["dataset"] == "demo" else [],
+    output:
+        manifest=DATASET["manifest"],
+    params:
+        stimulus={role: STIMULUS[key] for role, key, modality in
+                  (("frames", "frames", "frames"), ("audio_codes", "audio", "audio"),
+                   ("text", "text", "text"), ("text_mask", "text_mask", "text"))
+                  if config["stimulus"][modality]["enabled"]},
+        tr=config["tr"],
+        code=source_hash("data/assemble.py"),
+    log:
+        f"{LOGS}/assemble_dataset.log",
+    script:
+        "../scripts/assemble_dataset.py"

@@ -1,0 +1,59 @@
+# fMRI: check and mask all subjects, z-score each subject, average them, estimate the noise ceiling.
+
+wildcard_constraints:
+    subject="[A-Za-z0-9]+",
+
+
+checkpoint fmri_mask:
+    """Check every subject (shape, affine, TR, length) and build the shared mask. A checkpoint,
+    because `fmri.short_subjects: drop` decides at run time which subjects go on."""
+    input:
+        bold=list(BOLD.values()),
+    output:
+        mask=FMRI["mask"],
+        info=FMRI["info"],
+    params:
+        bold=BOLD,
+        fmri=config["fmri"],
+        tr=config["tr"],
+        code=source_hash("fmri/inputs.py", "fmri/mask.py"),
+    log:
+        f"{LOGS}/fmri_mask.log",
+    script:
+        "../scripts/fmri_mask.py"
+
+
+rule normalize_fmri:
+    """Z-score one subject's masked time series (statistics fit as `fmri.normalize_on` says)."""
+    input:
+        bold=lambda wildcards: BOLD[wildcards.subject],
+        mask=FMRI["mask"],
+        info=FMRI["info"],
+        split=str(paths.dataset(config)["split"]),
+    output:
+        z=FMRI["z"],
+        sidecar=FMRI["z_sidecar"],
+        stats=FMRI["stats"],
+    params:
+        normalize_on=config["fmri"]["normalize_on"],
+        code=source_hash("fmri/normalize.py"),
+    log:
+        f"{LOGS}/normalize_fmri/sub-{{subject}}.log",
+    script:
+        "../scripts/normalize_fmri.py"
+
+
+rule average_fmri:
+    """The group mean time series and the inter-subject-correlation noise ceiling."""
+    input:
+        z=kept_subjects_z,
+    output:
+        group=FMRI["group"],
+        sidecar=FMRI["group_sidecar"],
+        ceiling=FMRI["ceiling"],
+    params:
+        code=source_hash("fmri/group.py"),
+    log:
+        f"{LOGS}/average_fmri.log",
+    script:
+        "../scripts/average_fmri.py"
