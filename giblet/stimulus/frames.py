@@ -52,13 +52,15 @@ def _decode_into(movie: Path, out: np.ndarray, tr: float, frame_skip: int, progr
     with open_media(movie) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # frame-parallel decoding: the decode is the bottleneck
+        # Time 0 is the container's start, the origin the audio codes use too.
+        origin = container.start_time / av.time_base if container.start_time is not None else 0.0
         bar = progress_bar(None, "extract frames", "TR", progress, total=n_trs)
         try:
             for frame in container.decode(stream):
                 if frame.time is None:
                     raise InputError(movie, f"frame {frame.index} has no timestamp")
-                last_time = frame.time
-                i = tr_index(frame.time, tr)
+                last_time = frame.time - origin
+                i = tr_index(last_time, tr)
                 if i >= n_trs:
                     break
                 if i < 0:
