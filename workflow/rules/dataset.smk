@@ -11,7 +11,8 @@ rule plan_split:
     params:
         split=config["split"],
         shift_trs=config["fmri"]["shift_trs"],
-        stimulus=config["stimulus"],
+        # Only which modalities are on: a frame size or a model change must not move the split.
+        stimulus={m: {"enabled": section["enabled"]} for m, section in config["stimulus"].items()},
         tr=config["tr"],
         code=source_hash("splits.py"),
     log:
