@@ -106,11 +106,18 @@ def cmd_text_nearest(args: argparse.Namespace) -> int:
     from giblet.stimulus.text import nearest_annotations
 
     library = np.load(args.library)
-    queries = np.load(args.embeddings).reshape(-1, library["embeddings"].shape[1])
+    embeddings = np.load(args.embeddings)
+    queries = embeddings.reshape(-1, library["embeddings"].shape[1])
+    # (T, k, d) text arrays: name rows "TR slot"; other shapes: by row number.
+    slots = embeddings.shape[1] if embeddings.ndim == 3 else 1
     index, score = nearest_annotations(queries, library["embeddings"], args.top_k)
     for row, (ids, scores) in enumerate(zip(index, score)):
+        label = f"TR {row // slots} slot {row % slots}" if slots > 1 else f"row {row}"
+        if not np.any(queries[row]):
+            print(f"{label}\t(empty slot)")
+            continue
         matches = "  |  ".join(f"{s:.3f} {library['texts'][i]}" for i, s in zip(ids, scores))
-        print(f"{row}\t{matches}")
+        print(f"{label}\t{matches}")
     return 0
 
 

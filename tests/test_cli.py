@@ -42,3 +42,20 @@ def test_demo_command_writes_the_demo(tmp_path):
     assert names == ["annotations.tsv", "demo.json", "fmri/sub-01_bold.nii.gz", "fmri/sub-02_bold.nii.gz",
                      "movie.mp4", "truth.npz"]
     assert [p.name for p in tmp_path.iterdir()] == ["demo"]  # no temporary directory left behind
+
+
+def test_inverse_commands_on_generated_stimulus(tmp_path):
+    """text-nearest reads what embed_text writes, names rows by TR and slot, and says when a slot is empty."""
+    import numpy as np
+
+    texts = np.array(["a cat", "a dog", "a car"])
+    library = np.eye(3, 4, dtype=np.float32)
+    np.savez(tmp_path / "text_annotations.npz", texts=texts, embeddings=library)
+    text = np.zeros((2, 2, 4), np.float32)
+    text[0, 0], text[1, 0], text[1, 1] = library[2], library[0], 0.9 * library[1] + 0.1 * library[0]
+    np.save(tmp_path / "text.npy", text)
+    result = run_giblet("text-nearest", str(tmp_path / "text.npy"), "--library",
+                        str(tmp_path / "text_annotations.npz"), "--top-k", "1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["TR 0 slot 0\t1.000 a car", "TR 0 slot 1\t(empty slot)",
+                                          "TR 1 slot 0\t1.000 a cat", "TR 1 slot 1\t0.994 a dog"]
