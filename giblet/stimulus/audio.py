@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from encodec import EncodecModel
 
+from giblet.devices import resolve_device
 from giblet.errors import InputError
 from giblet.files import atomic_output_dir, read_sidecar, sha256_file, write_sidecar
 from giblet.logs import progress as progress_bar
@@ -60,13 +61,6 @@ def check_bandwidth(bandwidth: float) -> float:
         allowed = ", ".join(str(b) for b in CODEBOOKS_PER_BANDWIDTH)
         raise ValueError(f"stimulus.audio.bandwidth: {bandwidth} kbps is not supported; choose one of {allowed}")
     return float(bandwidth)
-
-
-def resolve_device(device: str) -> str:
-    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; other values pass through."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,7 +264,7 @@ def encode_audio(movie: Path, out_npy: Path, tr: float, params: dict, progress: 
     info = probe_movie(movie)
     if not info.has_audio:
         raise InputError(movie, "has no audio stream; set stimulus.audio.enabled: false for a silent movie")
-    device = resolve_device(params.get("device", "auto"))
+    device = resolve_device(params.get("device", "auto"), "stimulus.audio.device")
     seed = int(params.get("seed", 0))
 
     audio = load_audio(movie)

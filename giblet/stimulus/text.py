@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from giblet import logs
 from giblet.config import ConfigError
+from giblet.devices import resolve_device
 from giblet.errors import InputError
 from giblet.files import atomic_output_dir, sha256_file, write_sidecar
 from giblet.stimulus.annotations import COLUMN_PRESETS, read_annotations  # noqa: F401 (re-exported)
@@ -106,15 +107,6 @@ def forward_fill(index: np.ndarray) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- the model
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; ``cuda`` without a GPU is an error."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("stimulus.text.device: 'cuda' asked for, but torch sees no CUDA device")
-    return device
-
 
 def _is_weights_path(pretrained: str) -> bool:
     """Whether ``pretrained`` names a file (rather than an open_clip tag)."""
@@ -279,7 +271,7 @@ def embed_text(annotations: Path, movie: Path, out_npy: Path, tr: float, params:
         raise ConfigError(f"stimulus.text.fill_gaps: expected 'none' or 'forward', "
                           f"got {params['fill_gaps']!r}")
 
-    device = resolve_device(params["device"])
+    device = resolve_device(params["device"], "stimulus.text.device")
     model, tokenizer, weights_id = load_text_model(params["model"], params["pretrained"], device,
                                                    params["seed"])
     unique, inverse = np.unique(texts, return_inverse=True)
