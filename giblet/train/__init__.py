@@ -1,0 +1,1 @@
+"""Training: the autoencoder trainer and its checkpoint manager."""
