@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 ENCODEC_SAMPLE_RATE = 24_000
 ENCODEC_FRAME_RATE = 75  # code frames per second; hop = 320 samples
+CODEBOOK_SIZE = 1024  # entries per EnCodec codebook: codes are in [0, 1024)
 CODEBOOKS_PER_BANDWIDTH = {1.5: 2, 3.0: 4, 6.0: 8, 12.0: 16, 24.0: 32}
 CONTEXT_S = 2.0  # audio encoded (or codes decoded) on each side of a chunk and then discarded
 DECODE_CHUNK_S = 60.0
@@ -249,7 +250,7 @@ def write_wav(path: str | Path, wav: np.ndarray, sample_rate: int) -> None:
 
 def _encodec_record(weights: str, weights_id: str, bandwidth: float, seed: int) -> dict:
     return {"name": MODEL_NAME, "weights": weights, "weights_id": weights_id, "seed": seed,
-            "bandwidth": bandwidth, "n_q": CODEBOOKS_PER_BANDWIDTH[bandwidth],
+            "bandwidth": bandwidth, "n_q": CODEBOOKS_PER_BANDWIDTH[bandwidth], "codebook_size": CODEBOOK_SIZE,
             "frame_rate": ENCODEC_FRAME_RATE, "sample_rate": ENCODEC_SAMPLE_RATE}
 
 

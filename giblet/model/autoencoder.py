@@ -1,0 +1,150 @@
+"""The brain autoencoder: stimulus window -> fMRI layer (V voxels) -> reconstructed stimulus of the last TR."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from giblet.model.decoders import Bottleneck, CodeHead, FrameHead, TextHead
+from giblet.model.encoders import CausalTemporal, CodeEncoder, FrameEncoder, TextEncoder
+
+# Widths/depths. ``tiny`` trains on CPU in CI (< 1 M parameters excluding the two V-sized layers).
+MODEL_PRESETS: dict[str, dict] = {
+    "tiny": {"dim": 32, "frame_channels": [8, 16, 32], "code_depth": 1, "temporal_depth": 2, "kernel_size": 3,
+             "hidden": 64, "frame_head_channels": 16, "frame_head_up": 3, "code_rank": 8, "dropout": 0.1},
+    "base": {"dim": 256, "frame_channels": [32, 64, 128, 256], "code_depth": 2, "temporal_depth": 4,
+             "kernel_size": 3, "hidden": 512, "frame_head_channels": 128, "frame_head_up": 3, "code_rank": 32,
+             "dropout": 0.1},
+    "large": {"dim": 768, "frame_channels": [64, 128, 256, 512, 768], "code_depth": 3, "temporal_depth": 6,
+              "kernel_size": 3, "hidden": 1024, "frame_head_channels": 256, "frame_head_up": 4, "code_rank": 64,
+              "dropout": 0.1},
+}
+
+
+def _checkpointed(module: nn.Module, enabled: bool, *args):
+    if enabled and module.training and torch.is_grad_enabled():
+        return checkpoint(module, *args, use_reentrant=False)
+    return module(*args)
+
+
+class BrainAutoencoder(nn.Module):
+    """Encoders per modality -> causal fusion over ``lag`` TRs -> linear to V voxels (the brain) -> decoders.
+
+    ``modalities`` is the manifest's dict (any subset of frames/audio/text); hyperparameters are a preset's keys.
+    """
+
+    def __init__(self, modalities: dict, n_voxels: int, lag_trs: int, *, preset: str = "tiny",
+                 gradient_checkpointing: bool = False, dim: int, frame_channels: list[int], code_depth: int,
+                 temporal_depth: int, kernel_size: int, hidden: int, frame_head_channels: int, frame_head_up: int,
+                 code_rank: int, dropout: float):
+        super().__init__()
+        unknown = set(modalities) - {"frames", "audio", "text"}
+        if unknown or not modalities:
+            raise ValueError(f"modalities must be a non-empty subset of frames/audio/text, got {sorted(modalities)}")
+        self._config = {"modalities": {k: dict(v) for k, v in modalities.items()}, "n_voxels": int(n_voxels),
+                        "lag_trs": int(lag_trs), "preset": preset, "gradient_checkpointing": bool(gradient_checkpointing),
+                        "dim": dim, "frame_channels": list(frame_channels), "code_depth": code_depth,
+                        "temporal_depth": temporal_depth, "kernel_size": kernel_size, "hidden": hidden,
+                        "frame_head_channels": frame_head_channels, "frame_head_up": frame_head_up,
+                        "code_rank": code_rank, "dropout": float(dropout)}
+        self.modalities, self.n_voxels, self.lag = self._config["modalities"], int(n_voxels), int(lag_trs)
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        self.encoders, self.heads = nn.ModuleDict(), nn.ModuleDict()
+        if "frames" in modalities:
+            m = modalities["frames"]
+            self.encoders["frames"] = FrameEncoder(frame_channels, dim)
+            self.heads["frames"] = FrameHead(hidden, m["frames_per_tr"], m["height"], m["width"],
+                                             frame_head_channels, frame_head_up)
+        if "audio" in modalities:
+            m = modalities["audio"]
+            self.encoders["audio"] = CodeEncoder(m["n_q"], m["codebook_size"], dim, depth=code_depth)
+            self.heads["audio"] = CodeHead(hidden, m["n_q"], m["frames_per_tr"], m["codebook_size"], code_rank)
+        if "text" in modalities:
+            m = modalities["text"]
+            self.encoders["text"] = TextEncoder(m["dim"], dim)
+            self.heads["text"] = TextHead(hidden, m["k"], m["dim"])
+        self.modality_norm = nn.LayerNorm(dim)
+        self.temporal = CausalTemporal(dim, self.lag, temporal_depth, kernel_size, dropout, gradient_checkpointing)
+        self.drop = nn.Dropout(dropout)
+        self.to_fmri = nn.Linear(dim, self.n_voxels)  # the fMRI layer: the prediction of the brain
+        self.bottleneck = Bottleneck(self.n_voxels, hidden, dropout)
+
+    # -- construction -------------------------------------------------------------------------------------
+    @classmethod
+    def from_manifest(cls, manifest: dict, preset: str = "tiny", gradient_checkpointing: bool = False,
+                      dropout: float | None = None, **overrides) -> "BrainAutoencoder":
+        if preset not in MODEL_PRESETS:
+            raise ValueError(f"unknown model preset '{preset}' (have {sorted(MODEL_PRESETS)})")
+        params = {**MODEL_PRESETS[preset], **overrides}
+        if dropout is not None:
+            params["dropout"] = dropout
+        return cls(manifest["modalities"], manifest["n_voxels"], manifest["lag_trs"], preset=preset,
+                   gradient_checkpointing=gradient_checkpointing, **params)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "BrainAutoencoder":
+        """Rebuild from :meth:`config` (e.g. as stored in model.pt next to the state dict)."""
+        config = dict(config)
+        return cls(config.pop("modalities"), config.pop("n_voxels"), config.pop("lag_trs"), **config)
+
+    def config(self) -> dict:
+        """Everything needed to rebuild this model (JSON-serializable)."""
+        return {**self._config, "modalities": {k: dict(v) for k, v in self._config["modalities"].items()},
+                "frame_channels": list(self._config["frame_channels"])}
+
+    # -- the two halves -----------------------------------------------------------------------------------
+    def encode(self, batch: dict) -> torch.Tensor:
+        """Stimulus window (every enabled modality, ``lag`` TRs) -> predicted fMRI ``(B, V)``."""
+        ckpt = self.gradient_checkpointing
+        parts = []
+        for name, encoder in self.encoders.items():
+            if name == "frames":
+                x = batch["frames"]
+                b, lag = x.shape[:2]
+                parts.append(_checkpointed(encoder, ckpt, x.reshape(b * lag, *x.shape[2:])))
+            elif name == "audio":
+                x = batch["codes"]
+                b, lag = x.shape[:2]
+                parts.append(_checkpointed(encoder, ckpt, x.reshape(b * lag, *x.shape[2:])))
+            else:
+                x, mask = batch["text"], batch["text_mask"]
+                b, lag = x.shape[:2]
+                parts.append(_checkpointed(encoder, ckpt, x.reshape(b * lag, *x.shape[2:]),
+                                           mask.reshape(b * lag, *mask.shape[2:])))
+        if lag > self.lag:
+            raise ValueError(f"window of {lag} TRs is longer than the model's lag_trs={self.lag}")
+        per_tr = self.modality_norm(torch.stack(parts).sum(dim=0)).reshape(b, lag, -1)  # (B, lag, dim)
+        return self.to_fmri(self.drop(self.temporal(per_tr)))
+
+    def decode(self, fmri: torch.Tensor) -> dict:
+        """Brain ``(B, V)`` -> the stimulus of the window's last TR: ``frames`` (B, F, H, W, 3) in [0, 1],
+        ``code_logits`` (B, n_q, Fa, codebook_size), ``text`` (B, k, d) (enabled modalities only)."""
+        h = self.bottleneck(fmri)
+        out = {}
+        if "frames" in self.heads:
+            out["frames"] = self.heads["frames"](h)
+        if "audio" in self.heads:
+            out["code_logits"] = self.heads["audio"](h)
+        if "text" in self.heads:
+            out["text"] = self.heads["text"](h)
+        return out
+
+    def forward(self, batch: dict) -> dict:
+        """``{"fmri": encode(batch), **decode(batch["fmri"])}``: the decoders read the TRUE brain."""
+        out = {"fmri": self.encode(batch)}
+        if "fmri" in batch:
+            out.update(self.decode(batch["fmri"]))
+        return out
+
+    def lesion(self, fmri: torch.Tensor, voxel_mask: torch.Tensor) -> dict:
+        """Decode with the voxels where ``voxel_mask`` (V,) or (B, V) is True set to zero."""
+        return self.decode(fmri.masked_fill(voxel_mask.to(device=fmri.device, dtype=torch.bool), 0.0))
+
+    def n_parameters(self, exclude_voxel_layers: bool = False) -> int:
+        """Parameter count, optionally without the two V-sized layers (fMRI layer and bottleneck linear)."""
+        skip = {id(p) for p in (*self.to_fmri.parameters(), *self.bottleneck.linear.parameters())}
+        return sum(p.numel() for p in self.parameters() if not (exclude_voxel_layers and id(p) in skip))
+
+
+__all__ = ["MODEL_PRESETS", "BrainAutoencoder"]

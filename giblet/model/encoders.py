@@ -1,0 +1,128 @@
+"""Stimulus encoders: one embedding per TR for each modality, and the causal fusion over the window.
+
+Every encoder takes the per-TR tensors of a batch flattened to ``N = B * lag`` rows and returns
+``(N, dim)``; :class:`CausalTemporal` then runs over the ``lag`` axis.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FrameEncoder(nn.Module):
+    """A small strided conv net per frame (uint8 -> float / 255), mean-pooled over the TR's frames.
+
+    Input ``(N, F, H, W, 3)`` uint8; output ``(N, dim)``.
+    """
+
+    def __init__(self, channels: list[int], dim: int):
+        super().__init__()
+        layers, c_in = [], 3
+        for c_out in channels:
+            layers += [nn.Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1), nn.GELU()]
+            c_in = c_out
+        self.convs = nn.Sequential(*layers)
+        self.proj = nn.Linear(c_in, dim)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        n, f, h, w, c = frames.shape
+        x = frames.reshape(n * f, h, w, c).permute(0, 3, 1, 2).float() / 255.0
+        x = self.convs(x).mean(dim=(2, 3))                 # global average pool -> (N*F, C)
+        return self.proj(x).reshape(n, f, -1).mean(dim=1)  # pool the TR's frames
+
+
+class CodeEncoder(nn.Module):
+    """EnCodec codes: one embedding table per codebook (summed), a temporal conv over the code frames, pooled.
+
+    The per-codebook tables are stored as one ``n_q * codebook_size`` table indexed with per-codebook
+    offsets (identical to separate tables, one lookup). Input ``(N, n_q, Fa)`` int64; output ``(N, dim)``.
+    """
+
+    def __init__(self, n_q: int, codebook_size: int, dim: int, depth: int = 2, kernel_size: int = 3):
+        super().__init__()
+        self.n_q, self.codebook_size = n_q, codebook_size
+        self.embed = nn.Embedding(n_q * codebook_size, dim)
+        self.register_buffer("offsets", torch.arange(n_q).view(1, n_q, 1) * codebook_size, persistent=False)
+        self.convs = nn.ModuleList(nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2) for _ in range(depth))
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        x = self.embed(codes.long() + self.offsets).sum(dim=1)  # (N, Fa, dim): summed over codebooks
+        x = x.transpose(1, 2)                                     # (N, dim, Fa)
+        for conv in self.convs:
+            x = x + F.gelu(conv(x))
+        return self.proj(x.mean(dim=2))
+
+
+class TextEncoder(nn.Module):
+    """An MLP over the k CLIP slots, masked mean; a TR with no annotation gets a learned "no text" vector.
+
+    Input ``text (N, k, d)``, ``mask (N, k)`` bool; masked slots never reach the output (whatever they hold).
+    """
+
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.no_text = nn.Parameter(torch.randn(dim) * 0.02)
+
+    def forward(self, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        mask = mask.bool()
+        text = torch.where(mask.unsqueeze(-1), text.float(), torch.zeros((), dtype=torch.float32, device=text.device))
+        h = self.mlp(text)
+        h = torch.where(mask.unsqueeze(-1), h, torch.zeros((), dtype=h.dtype, device=h.device))
+        count = mask.sum(dim=1, keepdim=True)
+        pooled = h.sum(dim=1) / count.clamp(min=1).to(h.dtype)
+        return torch.where(count > 0, pooled, self.no_text.to(h.dtype).expand_as(pooled))
+
+
+class CausalBlock(nn.Module):
+    """A residual, dilated, causal 1-D conv (left padding only) over the TR axis: ``(B, dim, lag)``."""
+
+    def __init__(self, dim: int, kernel_size: int, dilation: int, dropout: float):
+        super().__init__()
+        self.pad = (kernel_size - 1) * dilation
+        self.norm = nn.LayerNorm(dim)  # per TR (over channels only): statistics never mix TRs
+        self.conv = nn.Conv1d(dim, 2 * dim, kernel_size, dilation=dilation)
+        self.out = nn.Conv1d(dim, dim, 1)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(F.pad(self.norm(x.transpose(1, 2)).transpose(1, 2), (self.pad, 0)))
+        h = F.glu(h, dim=1)
+        return x + self.drop(self.out(h))
+
+
+def causal_dilations(depth: int, kernel_size: int, lag: int) -> list[int]:
+    """Dilations 1, 2, 4, ... for ``depth`` blocks, extended until the receptive field covers ``lag`` TRs."""
+    dilations = []
+    while len(dilations) < depth or 1 + (kernel_size - 1) * sum(dilations) < lag:
+        dilations.append(2 ** len(dilations))
+    return dilations
+
+
+class CausalTemporal(nn.Module):
+    """The fusion over the window: a dilated causal conv stack; the output at the last TR is used.
+
+    A learned position embedding per window slot lets the model tell TRs apart (hemodynamic delay).
+    Input ``(B, lag, dim)``; output ``(B, dim)``.
+    """
+
+    def __init__(self, dim: int, lag: int, depth: int, kernel_size: int, dropout: float,
+                 gradient_checkpointing: bool = False):
+        super().__init__()
+        self.position = nn.Parameter(torch.zeros(lag, dim))
+        self.blocks = nn.ModuleList(CausalBlock(dim, kernel_size, d, dropout)
+                                    for d in causal_dilations(depth, kernel_size, lag))
+        self.norm = nn.LayerNorm(dim)
+        self.gradient_checkpointing = gradient_checkpointing
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x + self.position[-x.shape[1]:]).transpose(1, 2)  # (B, dim, lag)
+        for block in self.blocks:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return self.norm(x[:, :, -1])
