@@ -1,0 +1,345 @@
+"""The training loop: resumable to the bit, one process or many (torchrun), CPU or GPU.
+
+Everything a step depends on is in the checkpoint: model, optimizer (8-bit state included),
+scheduler, step/epoch, the data cursor, every rank's RNG state, early-stopping state and the metric
+history. A run killed at any moment and rerun continues from the last checkpoint and reproduces the
+uninterrupted run exactly (tests/test_train.py compares with ``torch.equal``).
+
+SIGINT, SIGTERM and SIGUSR1 only raise a flag. At the next optimizer step the ranks agree on it
+(all-reduce MAX), save, and exit with EXIT_RESUME, so Snakemake's ``retries:`` or a SLURM requeue
+(``--signal=USR1@<seconds>``) resumes the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import default_collate
+
+from giblet.data.samples import WindowDataset
+from giblet.devices import resolve_device
+from giblet.files import sha256_file, write_json
+from giblet.logs import progress as progress_bar
+from giblet.model import BrainAutoencoder, losses, pearson_per_voxel  # noqa: F401 (pearson: docs)
+from giblet.train import distributed as dist
+from giblet.train.checkpoint import CheckpointManager
+from giblet.train.sampler import ResumableSampler
+
+log = logging.getLogger(__name__)
+
+# Exit status after a signal: the checkpoint is saved, rerun to resume (BSD EX_TEMPFAIL).
+EXIT_RESUME = 75
+# Parameters that do not change what is learned: editing them resumes instead of starting over.
+UNHASHED = ("checkpoint", "device", "hold_on_device", "tensorboard_every_steps")
+DEFAULT_PARAMS = {
+    "preset": "tiny", "epochs": 20, "batch_size": 16, "lr": 1e-3, "weight_decay": 0.01, "warmup_steps": 20,
+    "optimizer": "adamw", "grad_clip": 1.0, "grad_accum": 1, "dropout": 0.1, "val_every_epochs": 1,
+    "early_stopping_patience": 5, "seed": 0, "bf16": True, "gradient_checkpointing": False,
+    "loss_weights": {"fmri": 1.0, "codes": 1.0, "text": 1.0, "frames": 1.0},
+    "checkpoint": {"every_steps": 200, "every_minutes": 10.0, "keep_rolling": 3},
+    "device": "auto", "hold_on_device": False, "tensorboard_every_steps": 1,
+}
+
+
+def config_hash(params: dict, manifest_sha256: str) -> str:
+    """What a checkpoint must match to be resumed: the learning parameters and the data."""
+    learning = {k: v for k, v in params.items() if k not in UNHASHED}
+    return hashlib.sha256(json.dumps([learning, manifest_sha256], sort_keys=True).encode()).hexdigest()[:16]
+
+
+class StopFlag:
+    """SIGINT/SIGTERM/SIGUSR1 set ``raised``; the loop acts on it at the next step boundary."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.raised = None
+        self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+
+    def _handle(self, signum, frame):
+        self.raised = signal.Signals(signum).name
+
+    def restore(self):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine decay to 0 at ``total`` (per optimizer step)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def make_optimizer(name: str, parameters, lr: float, weight_decay: float):
+    if name == "adamw":
+        return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    if name == "adamw8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(parameters, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"train.optimizer must be 'adamw' or 'adamw8bit', not {name!r}")
+
+
+def collate(dataset: WindowDataset, indices: list[int], device: str) -> dict:
+    batch = default_collate([dataset[i] for i in indices])
+    batch.pop("target")
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+class Trainer:
+    """One training run into ``out_dir`` (checkpoints/, history.jsonl, tensorboard/, model.pt)."""
+
+    def __init__(self, manifest_path: str | Path, out_dir: str | Path, params: dict, progress: bool = True):
+        self.params = {**DEFAULT_PARAMS, **params}
+        self.out, self.progress = Path(out_dir), progress
+        self.rank, self.world_size, local_rank = dist.world()
+        device = resolve_device(self.params["device"], "train.device")
+        self.device = f"cuda:{local_rank}" if device == "cuda" else device
+        if device == "cuda":
+            torch.cuda.set_device(local_rank)
+        dist.setup(device)
+        self.manifest_path = Path(manifest_path)
+        self.manifest = json.loads(self.manifest_path.read_text())
+        self.manifest_sha256 = sha256_file(self.manifest_path)
+        p = self.params
+        torch.manual_seed(p["seed"])  # identical initial weights on every rank
+        self.model = BrainAutoencoder.from_manifest(self.manifest, p["preset"], dropout=p["dropout"],
+                                                    gradient_checkpointing=p["gradient_checkpointing"]).to(self.device)
+        self.ddp = self.model
+        if self.world_size > 1:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[local_rank] if device == "cuda" else None)
+        seed = p["seed"] + 1000 * (self.rank + 1)  # distinct dropout masks per rank
+        random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+        hold = self.device if p["hold_on_device"] else None
+        self.train_set = WindowDataset(self.manifest, "train", device=hold)
+        self.val_set = WindowDataset(self.manifest, "val", device=hold) if "val" in self.manifest["split"]["ranges"] else None
+        self.sampler = ResumableSampler(len(self.train_set), p["batch_size"], self.rank, self.world_size, p["seed"])
+        self.steps_per_epoch = math.ceil(len(self.sampler) / p["grad_accum"])
+        total = p["epochs"] * self.steps_per_epoch
+        self.optimizer = make_optimizer(p["optimizer"], self.model.parameters(), p["lr"], p["weight_decay"])
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, p["warmup_steps"], total))
+        self.config_hash = config_hash(p, self.manifest_sha256)
+        ck = p["checkpoint"]
+        self.checkpoints = CheckpointManager(self.out / "checkpoints", self.config_hash, keep_rolling=ck["keep_rolling"],
+                                             every_steps=ck["every_steps"], every_minutes=ck["every_minutes"],
+                                             rank=self.rank, world_size=self.world_size)
+        self.step = self.epoch = self.cursor = 0
+        self.history: list[dict] = []
+        self.early = {"best": math.inf, "bad_epochs": 0, "stopped": False}
+        self._resume()
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    def _resume(self) -> None:
+        state = self.checkpoints.load_latest()
+        if state is None:
+            log.info("starting fresh (config %s)", self.config_hash)
+            return
+        if state["world_size"] != self.world_size:
+            raise RuntimeError(f"{self.out / 'checkpoints'}: the checkpoint was written by {state['world_size']} "
+                               f"processes; resume with the same number ({self.world_size} now)")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.epoch, self.cursor = state["step"], state["epoch"], state["cursor"]
+        self.history, self.early = state["history"], state["early_stopping"]
+        set_rng_state(state["rank_states"][self.rank])
+        log.info("resumed at step %d (epoch %d, batch %d) from %s", self.step, self.epoch, self.cursor,
+                 self.checkpoints.resumed_from())
+
+    def save(self, end_of_epoch: bool = False, val_loss: float | None = None) -> None:
+        rank_states = dist.gather_objects(rng_state())
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "cursor": self.cursor, "history": self.history,
+                 "early_stopping": dict(self.early), "rank_states": rank_states, "world_size": self.world_size,
+                 "params": self.params, "manifest_sha256": self.manifest_sha256}
+        self.checkpoints.save(state, self.step, self.epoch, end_of_epoch=end_of_epoch, val_loss=val_loss)
+        if self.rank == 0:
+            self._write_history()
+
+    def _write_history(self) -> None:
+        tmp = self.out / ".history.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(h) + "\n" for h in self.history))
+        os.replace(tmp, self.out / "history.jsonl")
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def _autocast(self):
+        enabled = self.params["bf16"] and self.device.startswith("cuda")
+        return torch.autocast("cuda", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+    def _train_epoch(self, stop: StopFlag, bar, writer, fault_at_step: int | None) -> bool:
+        """Train from the cursor to the end of the epoch. Returns False if a signal stopped it."""
+        p, n_batches = self.params, len(self.sampler)
+        self.ddp.train()
+        sums, started = None, time.perf_counter()
+        for b, indices in enumerate(self.sampler.batches(self.epoch, self.cursor), start=self.cursor):
+            group_start = b - b % p["grad_accum"]
+            group = min(p["grad_accum"], n_batches - group_start)
+            last = b + 1 == group_start + group
+            batch = collate(self.train_set, indices, self.device)
+            sync = contextlib.nullcontext() if last or self.world_size == 1 else self.ddp.no_sync()
+            with sync, self._autocast():
+                parts = losses(self.ddp(batch), batch, p["loss_weights"])
+                (parts["total"] / group).backward()
+            values = torch.stack([parts[k].detach().float() for k in sorted(parts)]) / group
+            sums = values if sums is None else sums + values
+            if not last:
+                continue
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), p["grad_clip"])
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            self.step, self.cursor = self.step + 1, b + 1
+            means = dist.sum_(sums) / self.world_size
+            record = {"step": self.step, "epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0],
+                      "grad_norm": float(grad_norm),
+                      **{f"train/{k}": float(v) for k, v in zip(sorted(parts), means)}}
+            self.history.append(record)
+            elapsed = time.perf_counter() - started
+            if writer is not None:
+                for key, value in record.items():
+                    if key not in ("step", "epoch"):
+                        writer.add_scalar(key if "/" in key else f"train/{key}", value, self.step)
+                writer.add_scalar("train/samples_per_s", group * p["batch_size"] * self.world_size / elapsed, self.step)
+            started, sums = time.perf_counter(), None
+            bar.update(1)
+            if fault_at_step is not None and self.step == fault_at_step:
+                os.kill(os.getpid(), signal.SIGKILL)  # fault injection for the resume tests
+            if dist.any_(stop.raised is not None, self.device):
+                log.warning("signal %s: saving at step %d and exiting with %d so a rerun resumes",
+                            stop.raised, self.step, EXIT_RESUME)
+                self.save()
+                return False
+            if dist.from_rank0(self.checkpoints.should_save(self.step), self.device):
+                self.save()
+        return True
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Mean losses and per-voxel Pearson r over the validation block, summed across ranks."""
+        self.model.eval()
+        order = list(range(self.rank, len(self.val_set), self.world_size))  # no padding: exact means
+        n_voxels = self.manifest["n_voxels"]
+        totals, stats = None, torch.zeros(6, n_voxels, dtype=torch.float64, device=self.device)
+        for start in range(0, len(order), self.params["batch_size"]):
+            indices = order[start:start + self.params["batch_size"]]
+            batch = collate(self.val_set, indices, self.device)
+            with self._autocast():
+                parts = losses(self.model(batch), batch, self.params["loss_weights"])
+            values = torch.stack([parts[k].float() for k in sorted(parts)]).double() * len(indices)
+            totals = values if totals is None else totals + values
+            x, y = self.model.encode(batch).double(), batch["fmri"].double()
+            stats += torch.stack([torch.full_like(x[0], len(x)), x.sum(0), y.sum(0), (x * x).sum(0),
+                                  (y * y).sum(0), (x * y).sum(0)])
+        dist.sum_(stats)
+        dist.sum_(totals)
+        n, sx, sy, sxx, syy, sxy = stats
+        r = (n * sxy - sx * sy) / torch.sqrt(((n * sxx - sx**2) * (n * syy - sy**2)).clamp_min(1e-12))
+        self.model.train()
+        metrics = {f"val/{k}": float(v) for k, v in zip(sorted(parts), totals / n[0])}
+        metrics["val/fmri_r_mean"] = float(r.mean())
+        return metrics
+
+    def run(self, fault_at_step: int | None = None) -> int:
+        """Train to the end (0), or until a signal (EXIT_RESUME after saving)."""
+        p = self.params
+        stop = StopFlag()
+        writer = None
+        if self.rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(self.out / "tensorboard", purge_step=self.step + 1)
+        bar = progress_bar(None, "train", "step", self.progress and self.rank == 0,
+                           total=p["epochs"] * self.steps_per_epoch, initial=self.step)
+        try:
+            while self.epoch < p["epochs"] and not self.early["stopped"]:
+                if not self._train_epoch(stop, bar, writer, fault_at_step):
+                    return EXIT_RESUME
+                self.epoch, self.cursor = self.epoch + 1, 0
+                val_loss = None
+                if self.val_set is not None and self.epoch % p["val_every_epochs"] == 0:
+                    metrics = self.validate()
+                    val_loss = metrics["val/total"]
+                    self.history.append({"step": self.step, "epoch": self.epoch, **metrics})
+                    if writer is not None:
+                        for key, value in metrics.items():
+                            writer.add_scalar(key, value, self.step)
+                    self._early_stopping(val_loss)
+                self.save(end_of_epoch=True, val_loss=val_loss)
+            if self.rank == 0:
+                self.write_model()
+            return 0
+        finally:
+            bar.close()
+            stop.restore()
+            if writer is not None:
+                writer.close()
+            dist.teardown()
+
+    def _early_stopping(self, val_loss: float) -> None:
+        """Rank 0 decides and every rank follows, so ranks can never disagree and hang."""
+        if val_loss < self.early["best"]:
+            self.early["best"], self.early["bad_epochs"] = val_loss, 0
+        else:
+            self.early["bad_epochs"] += 1
+        patience = self.params["early_stopping_patience"]
+        decided = bool(patience) and self.early["bad_epochs"] >= patience
+        self.early["stopped"] = dist.from_rank0(decided, self.device)
+        if self.early["stopped"]:
+            log.info("early stopping at epoch %d: no validation improvement for %d epochs", self.epoch, patience)
+
+    def write_model(self) -> Path:
+        """``model.pt``: weights plus everything needed to use them without the training state."""
+        path = self.out / "model.pt"
+        tmp = self.out / ".model.pt.tmp"
+        torch.save({
+            "format": "giblet.model/1", "model_config": self.model.config(),
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "manifest": str(self.manifest_path), "manifest_sha256": self.manifest_sha256,
+            "mask": self.manifest["arrays"]["mask"], "affine": self.manifest["affine"],
+            "fmri_info": self.manifest["arrays"].get("fmri_info"), "train_params": self.params,
+            "config_hash": self.config_hash, "steps": self.step, "epochs": self.epoch,
+            "best_val_loss": self.early["best"], "giblet_version": __import__("giblet").__version__,
+        }, tmp)
+        os.replace(tmp, path)
+        self._write_history()
+        write_json(self.out / "train.json", {"steps": self.step, "epochs": self.epoch,
+                                             "best_val_loss": self.early["best"], "config_hash": self.config_hash})
+        return path
+
+
+def train(manifest: str | Path, out_dir: str | Path, params: dict, progress: bool = True,
+          fault_at_step: int | None = None) -> int:
+    """Train (or resume) into ``out_dir``. Returns 0 when finished, EXIT_RESUME after a signal."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return Trainer(manifest, out_dir, params, progress).run(fault_at_step)

@@ -1,0 +1,153 @@
+"""The trainer: resume is bitwise exact after SIGKILL, signals save and exit 75, and it learns."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from giblet.config import load_config
+from giblet.data.assemble import assemble_dataset
+from giblet.files import write_json, write_sidecar
+from giblet.splits import plan_split
+from giblet.train.loop import EXIT_RESUME
+
+N_TRS, N_VOXELS = 60, 50
+PARAMS = {"preset": "tiny", "epochs": 3, "batch_size": 4, "grad_accum": 2, "optimizer": "adamw8bit",
+          "dropout": 0.2, "warmup_steps": 2, "device": "cpu", "early_stopping_patience": 0,
+          "checkpoint": {"every_steps": 2, "every_minutes": None, "keep_rolling": 2}}
+
+
+def make_bundle(root: Path) -> Path:
+    """All four modalities, small; the fMRI follows the frames' brightness with a delay."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    frames = rng.integers(0, 256, (N_TRS, 2, 18, 32, 3), dtype=np.uint8)
+    codes = rng.integers(0, 64, (N_TRS, 4, 16)).astype(np.int16)
+    text = rng.standard_normal((N_TRS, 2, 16)).astype(np.float32)
+    mask = rng.random((N_TRS, 2)) > 0.3
+    text[~mask] = 0
+    brightness = frames.mean(axis=(1, 2, 3, 4))
+    drive = np.convolve((brightness - brightness.mean()) / brightness.std(), [0, 0.5, 1, 0.5], mode="full")[:N_TRS]
+    fmri = (np.outer(drive, rng.standard_normal(N_VOXELS)) + 0.5 * rng.standard_normal((N_TRS, N_VOXELS)))
+    fmri = ((fmri - fmri.mean(0)) / fmri.std(0)).astype(np.float32)
+    for name, array in (("frames", frames), ("audio_codes", codes), ("text", text), ("text_mask", mask),
+                        ("group", fmri)):
+        np.save(root / f"{name}.npy", array)
+    write_sidecar(root / "audio_codes.npy", codes, {}, {}, models={"encodec": {"codebook_size": 64}})
+    nib.save(nib.Nifti1Image(np.ones((N_VOXELS, 1, 1), np.uint8), np.eye(4)), root / "mask.nii.gz")
+    split_params = load_config(None, ["split.lag_trs=4", "split.fractions={train: 0.6, val: 0.2, test: 0.2}"])["split"]
+    write_json(root / "split.json", plan_split(N_TRS, N_TRS, split_params).to_dict())
+    assemble_dataset({k: root / f"{k}.npy" for k in ("frames", "audio_codes", "text", "text_mask")},
+                     root / "group.npy", root / "mask.nii.gz", root / "split.json", root / "manifest.json", tr=1.5)
+    return root / "manifest.json"
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+def run_training(manifest: Path, out: Path, params=PARAMS, fault_at_step=None, nproc=1, timeout=300):
+    args = [str(manifest), str(out), "--params", json.dumps(params), "--quiet"]
+    if fault_at_step is not None:
+        args += ["--fault-at-step", str(fault_at_step)]
+    if nproc > 1:
+        command = [str(Path(sys.executable).parent / "torchrun"), "--standalone", f"--nproc_per_node={nproc}",
+                   "-m", "giblet.train", *args]
+    else:
+        command = [sys.executable, "-m", "giblet.train", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def final_state(out: Path) -> dict:
+    model = torch.load(out / "model.pt", weights_only=False)
+    latest = torch.load(out / "checkpoints" / "latest.pt", weights_only=False)
+    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    return {"model": model["state_dict"], "optimizer": latest["optimizer"], "history": history}
+
+
+def same(a, b) -> bool:
+    """Bitwise equality of nested tensors, containers and plain values."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def assert_identical(a: dict, b: dict) -> None:
+    assert a["model"].keys() == b["model"].keys()
+    for key in a["model"]:
+        assert same(a["model"][key], b["model"][key]), key
+    assert a["optimizer"]["state"], "no optimizer state to compare"
+    assert same(a["optimizer"], b["optimizer"]), "optimizer state differs"
+    assert a["history"] == b["history"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(bundle, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("run_a")
+    result = run_training(bundle, out)
+    assert result.returncode == 0, result.stderr
+    return final_state(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at", [1, 3, 6])
+def test_resume_after_sigkill_is_bitwise_identical(bundle, uninterrupted, tmp_path, kill_at):
+    killed = run_training(bundle, tmp_path, fault_at_step=kill_at)
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "model.pt").exists()
+    resumed = run_training(bundle, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed at step" in resumed.stderr or kill_at < PARAMS["checkpoint"]["every_steps"]
+    assert_identical(uninterrupted, final_state(tmp_path))
+
+
+def test_sigterm_saves_exits_75_and_resumes(bundle, tmp_path):
+    """A long run, signalled mid-way: it checkpoints, exits 75, and a rerun finishes every step once."""
+    params = {**PARAMS, "epochs": 40, "checkpoint": {"every_steps": 1000, "every_minutes": None, "keep_rolling": 2}}
+    command = [sys.executable, "-m", "giblet.train", str(bundle), str(tmp_path), "--params", json.dumps(params)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while not (tmp_path / "tensorboard").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.5)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == EXIT_RESUME, stderr
+    assert "signal SIGTERM: saving at step" in stderr
+    saved = torch.load(tmp_path / "checkpoints" / "latest.pt", weights_only=False)
+    assert 0 < saved["step"] < 160 and not (tmp_path / "model.pt").exists()
+    resumed = run_training(bundle, tmp_path, params=params)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed at step {saved['step']}" in resumed.stderr
+    steps = [h["step"] for h in final_state(tmp_path)["history"] if "train/total" in h]
+    assert steps == list(range(1, 161))  # every step exactly once across the two runs
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_resume_bitwise_after_sigkill(bundle, tmp_path):
+    """DDP over 2 gloo processes (torchrun): a rank SIGKILLed mid-epoch; the rerun equals the unbroken run."""
+    whole = run_training(bundle, tmp_path / "whole", nproc=2)
+    assert whole.returncode == 0, whole.stderr
+    killed = run_training(bundle, tmp_path / "broken", nproc=2, fault_at_step=5)
+    assert killed.returncode != 0
+    resumed = run_training(bundle, tmp_path / "broken", nproc=2)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_identical(final_state(tmp_path / "whole"), final_state(tmp_path / "broken"))
+    # Two ranks see different data and dropout: the result must differ from one process.
+    single = run_training(bundle, tmp_path / "single")
+    assert not same(final_state(tmp_path / "whole")["model"], final_state(tmp_path / "single")["model"])
