@@ -10,7 +10,7 @@ from giblet.train.loop import train
 parser = argparse.ArgumentParser(prog="python -m giblet.train", description=__doc__)
 parser.add_argument("manifest")
 parser.add_argument("out_dir")
-parser.add_argument("--params", default="{}", help="training parameters as JSON (see giblet.train.loop.DEFAULT_PARAMS)")
+parser.add_argument("--params", default="{}", help="training parameters as JSON: any keys of the config's train section (config/README.md)")
 parser.add_argument("--fault-at-step", type=int, default=None, help=argparse.SUPPRESS)  # tests only
 parser.add_argument("--quiet", action="store_true")
 args = parser.parse_args()

@@ -42,14 +42,11 @@ log = logging.getLogger(__name__)
 EXIT_RESUME = 75
 # Parameters that do not change what is learned: editing them resumes instead of starting over.
 UNHASHED = ("checkpoint", "device", "hold_on_device", "tensorboard_every_steps")
-DEFAULT_PARAMS = {
-    "preset": "tiny", "epochs": 20, "batch_size": 16, "lr": 1e-3, "weight_decay": 0.01, "warmup_steps": 20,
-    "optimizer": "adamw", "grad_clip": 1.0, "grad_accum": 1, "dropout": 0.1, "val_every_epochs": 1,
-    "early_stopping_patience": 5, "seed": 0, "bf16": True, "gradient_checkpointing": False,
-    "loss_weights": {"fmri": 1.0, "codes": 1.0, "text": 1.0, "frames": 1.0},
-    "checkpoint": {"every_steps": 200, "every_minutes": 10.0, "keep_rolling": 3},
-    "device": "auto", "hold_on_device": False, "tensorboard_every_steps": 1,
-}
+def default_params(params: dict) -> dict:
+    """``params`` (a partial ``train`` config section) validated, with the schema's defaults filled in."""
+    from giblet.config import load_config
+
+    return load_config(None, [f"train={json.dumps(params)}"])["train"]
 
 
 def config_hash(params: dict, manifest_sha256: str) -> str:
@@ -117,7 +114,7 @@ class Trainer:
     """One training run into ``out_dir`` (checkpoints/, history.jsonl, tensorboard/, model.pt)."""
 
     def __init__(self, manifest_path: str | Path, out_dir: str | Path, params: dict, progress: bool = True):
-        self.params = {**DEFAULT_PARAMS, **params}
+        self.params = default_params(params)
         self.out, self.progress = Path(out_dir), progress
         self.rank, self.world_size, local_rank = dist.world()
         device = resolve_device(self.params["device"], "train.device")
@@ -226,7 +223,7 @@ class Trainer:
                       **{f"train/{k}": float(v) for k, v in zip(sorted(parts), means)}}
             self.history.append(record)
             elapsed = time.perf_counter() - started
-            if writer is not None:
+            if writer is not None and self.step % p["tensorboard_every_steps"] == 0:
                 for key, value in record.items():
                     if key not in ("step", "epoch"):
                         writer.add_scalar(key if "/" in key else f"train/{key}", value, self.step)
