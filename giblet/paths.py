@@ -44,13 +44,25 @@ def stimulus(config: dict) -> dict:
     }
 
 
-def enabled_stimulus_outputs(config: dict) -> list[Path]:
-    """The stimulus files the enabled modalities produce."""
+# Array roles in the manifest -> (key in stimulus(), the modality that makes it).
+STIMULUS_ARRAYS = {"frames": ("frames", "frames"), "audio_codes": ("audio", "audio"),
+                   "text": ("text", "text"), "text_mask": ("text_mask", "text")}
+SIDECAR_FILES = {"frames": ["frames_sidecar"], "audio": ["audio_sidecar"], "text": ["text_annotations", "text_sidecar"]}
+
+
+def stimulus_arrays(config: dict) -> dict[str, Path]:
+    """The enabled modalities' arrays, by manifest role (what assemble_dataset reads)."""
     out = stimulus(config)
-    keys = {"frames": ["frames", "frames_sidecar"], "audio": ["audio", "audio_sidecar"],
-            "text": ["text", "text_mask", "text_annotations", "text_sidecar"]}
-    return [out[k] for modality, names in keys.items() if config["stimulus"][modality]["enabled"]
-            for k in names]
+    return {role: out[key] for role, (key, modality) in STIMULUS_ARRAYS.items()
+            if config["stimulus"][modality]["enabled"]}
+
+
+def enabled_stimulus_outputs(config: dict) -> list[Path]:
+    """Every stimulus file the enabled modalities produce (arrays, sidecars, the text library)."""
+    out = stimulus(config)
+    extra = [out[k] for modality, keys in SIDECAR_FILES.items() if config["stimulus"][modality]["enabled"]
+             for k in keys]
+    return list(stimulus_arrays(config).values()) + extra
 
 
 def subjects(config: dict) -> list[str]:

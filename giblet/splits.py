@@ -120,9 +120,8 @@ def stimulus_trs_from_headers(movie, tr: float, modalities: dict) -> dict[str, i
     Frames and text follow the video stream's duration, audio codes the audio stream's. Used to
     place the split before the features exist; assemble_dataset checks the features against it.
     """
-    import av
-
-    from giblet.stimulus.media import open_media, probe_movie
+    from giblet.errors import InputError
+    from giblet.stimulus.media import probe_movie
     from giblet.timing import n_trs
 
     info = probe_movie(movie)
@@ -130,15 +129,9 @@ def stimulus_trs_from_headers(movie, tr: float, modalities: dict) -> dict[str, i
     if modalities["frames"]["enabled"] or modalities["text"]["enabled"]:
         out["video"] = n_trs(info.duration_s, tr)
     if modalities["audio"]["enabled"]:
-        with open_media(movie) as container:
-            streams = container.streams.audio
-            if not streams:
-                from giblet.errors import InputError
-
-                raise InputError(movie, "has no audio stream; set stimulus.audio.enabled: false for a silent movie")
-            stream = streams[0]
-            seconds = (float(stream.duration * stream.time_base) if stream.duration is not None
-                       else container.duration / av.time_base)
+        if not info.has_audio:
+            raise InputError(movie, "has no audio stream; set stimulus.audio.enabled: false for a silent movie")
+        seconds = info.audio_duration_s
         out["audio"] = n_trs(seconds, tr)
     return out
 

@@ -21,6 +21,7 @@ class MovieInfo:
     height: int | None = None
     audio_rate: int | None = None
     audio_channels: int | None = None
+    audio_duration_s: float | None = None  # of the audio stream, which may differ from the video's
 
 
 def _stream_duration(stream, container) -> float | None:
@@ -60,4 +61,5 @@ def probe_movie(path: str | Path) -> MovieInfo:
             height=video.codec_context.height if video is not None else None,
             audio_rate=audio.rate if audio is not None else None,
             audio_channels=audio.channels if audio is not None else None,
+            audio_duration_s=_stream_duration(audio, container) if audio is not None else None,
         )

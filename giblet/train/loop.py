@@ -31,7 +31,7 @@ from giblet.data.samples import WindowDataset
 from giblet.devices import resolve_device
 from giblet.files import sha256_file, write_json
 from giblet.logs import progress as progress_bar
-from giblet.model import BrainAutoencoder, losses, pearson_per_voxel  # noqa: F401 (pearson: docs)
+from giblet.model import BrainAutoencoder, losses
 from giblet.train import distributed as dist
 from giblet.train.checkpoint import CheckpointManager
 from giblet.train.sampler import ResumableSampler

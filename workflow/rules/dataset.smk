@@ -34,10 +34,7 @@ rule assemble_dataset:
     output:
         manifest=DATASET["manifest"],
     params:
-        stimulus={role: STIMULUS[key] for role, key, modality in
-                  (("frames", "frames", "frames"), ("audio_codes", "audio", "audio"),
-                   ("text", "text", "text"), ("text_mask", "text_mask", "text"))
-                  if config["stimulus"][modality]["enabled"]},
+        stimulus={role: str(path) for role, path in paths.stimulus_arrays(config).items()},
         tr=config["tr"],
         code=source_hash("data/assemble.py"),
     log:
