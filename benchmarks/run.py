@@ -94,6 +94,10 @@ BENCHMARKS = {
     "encodec_realtime": _lazy("encodec_speed", "encodec_realtime"),
     "clip_throughput": _lazy("clip_speed", "clip_throughput"),
     "normalize_memory": _lazy("fmri_memory", "normalize_memory"),
+    "trainer_overhead": _lazy("training_speed", "trainer_overhead"),
+    "checkpoint_overhead": _lazy("training_speed", "checkpoint_overhead"),
+    "optimizer_memory": _lazy("training_speed", "optimizer_memory"),
+    "gpu_training": _lazy("training_speed", "gpu_training"),
 }
 
 

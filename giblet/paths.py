@@ -99,3 +99,10 @@ def fmri(config: dict) -> dict:
 def dataset(config: dict) -> dict:
     root = Path(config["results_dir"]) / "dataset"
     return {"split": root / "split.json", "manifest": root / "manifest.json"}
+
+
+def train(config: dict) -> dict:
+    """The train rule's outputs (``checkpoints/`` sits next to them but is deliberately not an output)."""
+    root = Path(config["results_dir"]) / "train"
+    return {"model": root / "model.pt", "history": root / "history.jsonl", "tensorboard": root / "tensorboard",
+            "checkpoints": root / "checkpoints"}

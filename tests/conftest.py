@@ -33,13 +33,18 @@ def small_demo(tmp_path_factory, small_config) -> dict:
     return {**paths, "config": small_config, "dir": out}
 
 
-@pytest.fixture
-def workflow_copy(tmp_path) -> Path:
-    """A copy of the Snakemake workflow (Snakefile, rules, config, profile) in a temp directory."""
+def copy_workflow(dest: Path) -> Path:
+    """Copy the Snakemake workflow (Snakefile, rules, config, profile) into ``dest``."""
     for name in ("Snakefile", "workflow", "config", "profiles"):
         src = REPO / name
         if src.is_dir():
-            shutil.copytree(src, tmp_path / name, symlinks=True)
+            shutil.copytree(src, dest / name, symlinks=True)
         else:
-            shutil.copy2(src, tmp_path / name)
-    return tmp_path
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+@pytest.fixture
+def workflow_copy(tmp_path) -> Path:
+    """A copy of the Snakemake workflow in a temp directory."""
+    return copy_workflow(tmp_path)

@@ -43,8 +43,24 @@ def make_batch(names=("frames", "audio", "text"), b: int = B, seed: int = 0) -> 
 
 
 def model(names=("frames", "audio", "text"), **kw) -> BrainAutoencoder:
+    """A tiny model whose fMRI layer has random weights: it starts at zero (next test), which would hide
+    from the structural tests whether the stimulus reaches the prediction at all."""
     torch.manual_seed(0)
-    return BrainAutoencoder.from_manifest(manifest(names), "tiny", **kw)
+    m = BrainAutoencoder.from_manifest(manifest(names), "tiny", **kw)
+    torch.nn.init.normal_(m.to_fmri.weight, std=0.2)
+    return m
+
+
+def test_a_fresh_model_predicts_the_mean_and_its_corr_loss_has_finite_gradients():
+    torch.manual_seed(0)
+    m = BrainAutoencoder.from_manifest(manifest(), "tiny")
+    batch = make_batch()
+    out = m(batch)
+    assert torch.equal(out["fmri"], torch.zeros(B, V))
+    parts = losses(out, batch, {"fmri_corr": 1.0})
+    parts["total"].backward()
+    assert parts["fmri_corr"].item() == pytest.approx(1.0)
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
 
 
 @pytest.mark.parametrize("names", SUBSETS, ids=["+".join(s) for s in SUBSETS])

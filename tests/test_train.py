@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,11 +18,11 @@ from giblet.config import load_config
 from giblet.data.assemble import assemble_dataset
 from giblet.files import write_json, write_sidecar
 from giblet.splits import plan_split
-from giblet.train.loop import EXIT_RESUME
+from giblet.train.loop import EXIT_RESUME, TIMING_KEYS
 
 N_TRS, N_VOXELS = 60, 50
 PARAMS = {"preset": "tiny", "epochs": 3, "batch_size": 4, "grad_accum": 2, "optimizer": "adamw8bit",
-          "dropout": 0.2, "warmup_steps": 2, "device": "cpu", "early_stopping_patience": 0,
+          "dropout": 0.2, "warmup_steps": 2, "device": "cpu", "early_stopping_patience": 0, "histogram_every_steps": 3,
           "checkpoint": {"every_steps": 2, "every_minutes": None, "keep_rolling": 2}}
 
 
@@ -71,7 +72,8 @@ def run_training(manifest: Path, out: Path, params=PARAMS, fault_at_step=None, n
 def final_state(out: Path) -> dict:
     model = torch.load(out / "model.pt", weights_only=False)
     latest = torch.load(out / "checkpoints" / "latest.pt", weights_only=False)
-    history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    history = [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
+               for line in (out / "history.jsonl").read_text().splitlines()]
     return {"model": model["state_dict"], "optimizer": latest["optimizer"], "history": history}
 
 
@@ -96,16 +98,35 @@ def assert_identical(a: dict, b: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(bundle, tmp_path_factory) -> dict:
+def uninterrupted_dir(bundle, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("run_a")
     result = run_training(bundle, out)
     assert result.returncode == 0, result.stderr
-    return final_state(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_dir) -> dict:
+    return final_state(uninterrupted_dir)
+
+
+def tensorboard(out: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    return EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "histograms": 0}).Reload()
+
+
+def steps_per_epoch(out: Path) -> int:
+    history = final_state(out)["history"]
+    return next(h["step"] for h in history if "val/total" in h)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_at", [1, 3, 6])
-def test_resume_after_sigkill_is_bitwise_identical(bundle, uninterrupted, tmp_path, kill_at):
+@pytest.mark.parametrize("kill_at", [1, 3, "epoch_end", 8])
+def test_resume_after_sigkill_is_bitwise_identical(bundle, uninterrupted, uninterrupted_dir, tmp_path, kill_at):
+    """Killed mid-epoch (before and after the first save) and right after an epoch's last step."""
+    if kill_at == "epoch_end":
+        kill_at = steps_per_epoch(uninterrupted_dir)
     killed = run_training(bundle, tmp_path, fault_at_step=kill_at)
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "model.pt").exists()
@@ -113,6 +134,27 @@ def test_resume_after_sigkill_is_bitwise_identical(bundle, uninterrupted, tmp_pa
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed at step" in resumed.stderr or kill_at < PARAMS["checkpoint"]["every_steps"]
     assert_identical(uninterrupted, final_state(tmp_path))
+    # The TensorBoard curve is whole (replayed from the checkpoint's history), each step once.
+    n_steps = len([h for h in uninterrupted["history"] if "train/total" in h])
+    assert [e.step for e in tensorboard(tmp_path).Scalars("train/total")] == list(range(1, n_steps + 1))
+
+
+def test_tensorboard_has_every_tag(uninterrupted_dir, uninterrupted):
+    """Read back with TensorBoard's own EventAccumulator."""
+    events = tensorboard(uninterrupted_dir)
+    tags = events.Tags()
+    losses = {f"{split}/{name}" for split in ("train", "val") for name in
+              ("total", "fmri", "fmri_corr", "codes", "text", "frames")}
+    assert losses | {"train/lr", "train/grad_norm", "train/samples_per_s", "train/step_time_s",
+                     "val/fmri_r_mean"} <= set(tags["scalars"])
+    assert {"reconstruction/frames", "reconstruction/codes"} <= set(tags["images"])
+    assert {"weights/to_fmri.weight", "grads/to_fmri.weight"} <= set(tags["histograms"])
+    n_steps = len([h for h in uninterrupted["history"] if "train/total" in h])
+    assert [e.step for e in events.Histograms("weights/to_fmri.weight")] == list(range(3, n_steps + 1, 3))
+    recorded = [e.value for e in events.Scalars("train/total")]
+    assert recorded == pytest.approx([h["train/total"] for h in uninterrupted["history"] if "train/total" in h])
+    assert len(events.Scalars("val/total")) == PARAMS["epochs"]
+    assert list((uninterrupted_dir / "tensorboard").glob("hparams/events.out.tfevents.*"))
 
 
 def test_sigterm_saves_exits_75_and_resumes(bundle, tmp_path):
@@ -148,6 +190,38 @@ def test_two_gloo_ranks_resume_bitwise_after_sigkill(bundle, tmp_path):
     resumed = run_training(bundle, tmp_path / "broken", nproc=2)
     assert resumed.returncode == 0, resumed.stderr
     assert_identical(final_state(tmp_path / "whole"), final_state(tmp_path / "broken"))
+    assert "resumed at step 4" in resumed.stderr  # the last save before step 5 (every 2 steps)
     # Two ranks see different data and dropout: the result must differ from one process.
     single = run_training(bundle, tmp_path / "single")
     assert not same(final_state(tmp_path / "whole")["model"], final_state(tmp_path / "single")["model"])
+
+
+@pytest.mark.slow
+def test_early_stopping_stops_both_ranks_at_the_same_step(bundle, tmp_path):
+    """A learning rate that makes validation worse every epoch: both ranks stop after `patience`, no hang."""
+    params = {**PARAMS, "epochs": 30, "lr": 5.0, "warmup_steps": 0, "optimizer": "adamw",
+              "early_stopping_patience": 2}
+    result = run_training(bundle, tmp_path, params=params, nproc=2, timeout=240)
+    assert result.returncode == 0, result.stderr
+    stops = re.findall(r"early stopping at epoch (\d+)", result.stderr)
+    assert len(stops) == 2 and stops[0] == stops[1], result.stderr  # one line per rank, same epoch
+    history = final_state(tmp_path)["history"]
+    val = [h["val/total"] for h in history if "val/total" in h]
+    assert len(val) == int(stops[0]) < params["epochs"]
+    assert min(val[-2:]) >= min(val[:-2])  # the last `patience` validations did not improve
+    saved = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert saved["epochs"] == len(val) and saved["steps"] == history[-1]["step"]
+
+
+def test_asking_for_more_gpus_than_visible_fails_before_training(bundle, tmp_path, monkeypatch):
+    from giblet.train.launch import launch, training_command
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(RuntimeError, match=r"train.gpus is 2 but this job sees 0 GPU\(s\) \(CUDA_VISIBLE_DEVICES=''\)"):
+        launch(str(bundle), str(tmp_path), {**PARAMS, "gpus": 2, "device": "auto"})
+    with pytest.raises(RuntimeError, match="train.device is 'cuda' but train.gpus is 0"):
+        launch(str(bundle), str(tmp_path), {**PARAMS, "gpus": 0, "device": "cuda"})
+    assert not any(tmp_path.iterdir())  # nothing started, nothing written
+    command = training_command("m.json", "out", {"gpus": 4}, 4)
+    assert command[1:4] == ["--standalone", "--nproc_per_node=4", "-m"] and command[4] == "giblet.train"
+    assert training_command("m.json", "out", {}, 1) is None

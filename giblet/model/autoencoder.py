@@ -11,12 +11,12 @@ from giblet.model.encoders import CausalTemporal, CodeEncoder, FrameEncoder, Tex
 
 # Widths/depths. ``tiny`` trains on CPU in CI (< 1 M parameters excluding the two V-sized layers).
 MODEL_PRESETS: dict[str, dict] = {
-    "tiny": {"dim": 32, "frame_channels": [8, 16, 32], "code_depth": 1, "temporal_depth": 2, "kernel_size": 3,
+    "tiny": {"dim": 32, "frame_channels": [8, 16, 32], "frame_stem": 4, "code_depth": 1, "temporal_depth": 2, "kernel_size": 3,
              "hidden": 64, "frame_head_channels": 16, "frame_head_up": 3, "code_rank": 8, "dropout": 0.1},
-    "base": {"dim": 256, "frame_channels": [32, 64, 128, 256], "code_depth": 2, "temporal_depth": 4,
+    "base": {"dim": 256, "frame_channels": [32, 64, 128, 256], "frame_stem": 2, "code_depth": 2, "temporal_depth": 4,
              "kernel_size": 3, "hidden": 512, "frame_head_channels": 128, "frame_head_up": 3, "code_rank": 32,
              "dropout": 0.1},
-    "large": {"dim": 768, "frame_channels": [64, 128, 256, 512, 768], "code_depth": 3, "temporal_depth": 6,
+    "large": {"dim": 768, "frame_channels": [64, 128, 256, 512, 768], "frame_stem": 2, "code_depth": 3, "temporal_depth": 6,
               "kernel_size": 3, "hidden": 1024, "frame_head_channels": 256, "frame_head_up": 4, "code_rank": 64,
               "dropout": 0.1},
 }
@@ -35,7 +35,7 @@ class BrainAutoencoder(nn.Module):
     """
 
     def __init__(self, modalities: dict, n_voxels: int, lag_trs: int, *, preset: str = "tiny",
-                 gradient_checkpointing: bool = False, dim: int, frame_channels: list[int], code_depth: int,
+                 gradient_checkpointing: bool = False, dim: int, frame_channels: list[int], frame_stem: int, code_depth: int,
                  temporal_depth: int, kernel_size: int, hidden: int, frame_head_channels: int, frame_head_up: int,
                  code_rank: int, dropout: float):
         super().__init__()
@@ -44,7 +44,8 @@ class BrainAutoencoder(nn.Module):
             raise ValueError(f"modalities must be a non-empty subset of frames/audio/text, got {sorted(modalities)}")
         self._config = {"modalities": {k: dict(v) for k, v in modalities.items()}, "n_voxels": int(n_voxels),
                         "lag_trs": int(lag_trs), "preset": preset, "gradient_checkpointing": bool(gradient_checkpointing),
-                        "dim": dim, "frame_channels": list(frame_channels), "code_depth": code_depth,
+                        "dim": dim, "frame_channels": list(frame_channels), "frame_stem": frame_stem,
+                        "code_depth": code_depth,
                         "temporal_depth": temporal_depth, "kernel_size": kernel_size, "hidden": hidden,
                         "frame_head_channels": frame_head_channels, "frame_head_up": frame_head_up,
                         "code_rank": code_rank, "dropout": float(dropout)}
@@ -53,7 +54,7 @@ class BrainAutoencoder(nn.Module):
         self.encoders, self.heads = nn.ModuleDict(), nn.ModuleDict()
         if "frames" in modalities:
             m = modalities["frames"]
-            self.encoders["frames"] = FrameEncoder(frame_channels, dim)
+            self.encoders["frames"] = FrameEncoder(frame_channels, dim, frame_stem)
             self.heads["frames"] = FrameHead(hidden, m["frames_per_tr"], m["height"], m["width"],
                                              frame_head_channels, frame_head_up)
         if "audio" in modalities:
@@ -64,10 +65,18 @@ class BrainAutoencoder(nn.Module):
             m = modalities["text"]
             self.encoders["text"] = TextEncoder(m["dim"], dim)
             self.heads["text"] = TextHead(hidden, m["k"], m["dim"])
-        self.modality_norm = nn.LayerNorm(dim)
+        # Each modality's features are standardized over the batch before they are summed: a stimulus
+        # embedding is mostly a constant (the background, the average code) with a small per-TR part,
+        # and only the per-TR part predicts the brain (without this the encoders' output barely varied
+        # across TRs and the fMRI layer learned the mean: validation r = 0.00).
+        self.modality_norms = nn.ModuleDict({name: nn.BatchNorm1d(dim) for name in self.encoders})
         self.temporal = CausalTemporal(dim, self.lag, temporal_depth, kernel_size, dropout, gradient_checkpointing)
         self.drop = nn.Dropout(dropout)
         self.to_fmri = nn.Linear(dim, self.n_voxels)  # the fMRI layer: the prediction of the brain
+        # Start from predicting the mean (0 for z-scored data): a random init adds noise of variance
+        # ~1/3 per voxel that the first epochs would only spend unlearning.
+        nn.init.zeros_(self.to_fmri.weight)
+        nn.init.zeros_(self.to_fmri.bias)
         self.bottleneck = Bottleneck(self.n_voxels, hidden, dropout)
 
     # -- construction -------------------------------------------------------------------------------------
@@ -98,7 +107,7 @@ class BrainAutoencoder(nn.Module):
         """Stimulus window (every enabled modality, ``lag`` TRs) -> predicted fMRI ``(B, V)``."""
         ckpt = self.gradient_checkpointing
         parts = []
-        for name, encoder in self.encoders.items():
+        for name, encoder in self.encoders.items():  # each appends (B * lag, dim)
             if name == "frames":
                 x = batch["frames"]
                 b, lag = x.shape[:2]
@@ -114,7 +123,8 @@ class BrainAutoencoder(nn.Module):
                                            mask.reshape(b * lag, *mask.shape[2:])))
         if lag > self.lag:
             raise ValueError(f"window of {lag} TRs is longer than the model's lag_trs={self.lag}")
-        per_tr = self.modality_norm(torch.stack(parts).sum(dim=0)).reshape(b, lag, -1)  # (B, lag, dim)
+        per_tr = sum(self.modality_norms[name](part) for name, part in zip(self.encoders, parts))
+        per_tr = per_tr.reshape(b, lag, -1)  # (B, lag, dim)
         return self.to_fmri(self.drop(self.temporal(per_tr)))
 
     def decode(self, fmri: torch.Tensor) -> dict:

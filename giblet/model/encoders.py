@@ -14,22 +14,27 @@ from torch import nn
 class FrameEncoder(nn.Module):
     """A small strided conv net per frame (uint8 -> float / 255), mean-pooled over the TR's frames.
 
-    Input ``(N, F, H, W, 3)`` uint8; output ``(N, dim)``.
+    The conv features are average-pooled to a coarse ``grid`` (rows, columns), not globally: a global
+    pool cannot tell where on the screen something is. Input ``(N, F, H, W, 3)`` uint8; output ``(N, dim)``.
     """
 
-    def __init__(self, channels: list[int], dim: int):
+    def __init__(self, channels: list[int], dim: int, stem_stride: int = 2, grid: tuple[int, int] = (3, 5)):
         super().__init__()
+        # The first conv has stride ``stem_stride`` (kernel = stride + 1): 4 cuts the cost of full-size
+        # frames ~4x for the CPU-sized model; the rest are 3x3 stride 2.
         layers, c_in = [], 3
-        for c_out in channels:
-            layers += [nn.Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1), nn.GELU()]
+        for i, c_out in enumerate(channels):
+            stride = stem_stride if i == 0 else 2
+            layers += [nn.Conv2d(c_in, c_out, kernel_size=stride + 1, stride=stride, padding=stride // 2), nn.GELU()]
             c_in = c_out
         self.convs = nn.Sequential(*layers)
-        self.proj = nn.Linear(c_in, dim)
+        self.pool = nn.AdaptiveAvgPool2d(grid)
+        self.proj = nn.Linear(c_in * grid[0] * grid[1], dim)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         n, f, h, w, c = frames.shape
         x = frames.reshape(n * f, h, w, c).permute(0, 3, 1, 2).float() / 255.0
-        x = self.convs(x).mean(dim=(2, 3))                 # global average pool -> (N*F, C)
+        x = self.pool(self.convs(x)).flatten(1)            # (N*F, C * rows * columns)
         return self.proj(x).reshape(n, f, -1).mean(dim=1)  # pool the TR's frames
 
 

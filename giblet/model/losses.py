@@ -18,10 +18,12 @@ import torch.nn.functional as F
 DEFAULT_WEIGHTS = {"fmri": 1.0, "fmri_corr": 0.0, "codes": 1.0, "text": 1.0, "frames": 1.0}
 
 
-def _pearson(a: torch.Tensor, b: torch.Tensor, dim: int, eps: float = 1e-8) -> torch.Tensor:
+def _pearson(a: torch.Tensor, b: torch.Tensor, dim: int, eps: float = 1e-12) -> torch.Tensor:
     a = a - a.mean(dim=dim, keepdim=True)
     b = b - b.mean(dim=dim, keepdim=True)
-    return (a * b).sum(dim) / ((a.square().sum(dim) * b.square().sum(dim)).sqrt() + eps)
+    # eps inside the square root: a constant input (e.g. the fMRI layer's zero init) must give r = 0
+    # with a finite gradient, not 0 * inf = NaN (which poisons the total even at weight 0).
+    return (a * b).sum(dim) / (a.square().sum(dim) * b.square().sum(dim) + eps).sqrt()
 
 
 def losses(outputs: dict, batch: dict, weights: dict | None = None) -> dict[str, torch.Tensor]:

@@ -34,6 +34,7 @@ from giblet.logs import progress as progress_bar
 from giblet.model import BrainAutoencoder, losses
 from giblet.train import distributed as dist
 from giblet.train.checkpoint import CheckpointManager
+from giblet.train.monitor import Monitor
 from giblet.train.sampler import ResumableSampler
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,10 @@ log = logging.getLogger(__name__)
 # Exit status after a signal: the checkpoint is saved, rerun to resume (BSD EX_TEMPFAIL).
 EXIT_RESUME = 75
 # Parameters that do not change what is learned: editing them resumes instead of starting over.
-UNHASHED = ("checkpoint", "device", "hold_on_device", "tensorboard_every_steps")
+UNHASHED = ("checkpoint", "device", "hold_on_device", "tensorboard_every_steps", "histogram_every_steps")
+# History entries that measure the machine, not the training (they differ between identical runs).
+TIMING_KEYS = ("samples_per_s", "step_time_s")
+
 def default_params(params: dict) -> dict:
     """``params`` (a partial ``train`` config section) validated, with the schema's defaults filled in."""
     from giblet.config import load_config
@@ -194,7 +198,7 @@ class Trainer:
         enabled = self.params["bf16"] and self.device.startswith("cuda")
         return torch.autocast("cuda", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
-    def _train_epoch(self, stop: StopFlag, bar, writer, fault_at_step: int | None) -> bool:
+    def _train_epoch(self, stop: StopFlag, bar, monitor: Monitor, fault_at_step: int | None) -> bool:
         """Train from the cursor to the end of the epoch. Returns False if a signal stopped it."""
         p, n_batches = self.params, len(self.sampler)
         self.ddp.train()
@@ -213,21 +217,20 @@ class Trainer:
             if not last:
                 continue
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), p["grad_clip"])
+            means = dist.sum_(sums) / self.world_size  # identical on every rank, as are the gradients
+            self._check_finite(means, sorted(parts), grad_norm)
+            monitor.histograms(self.model, self.step + 1)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
             self.step, self.cursor = self.step + 1, b + 1
-            means = dist.sum_(sums) / self.world_size
+            elapsed = time.perf_counter() - started
             record = {"step": self.step, "epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0],
                       "grad_norm": float(grad_norm),
-                      **{f"train/{k}": float(v) for k, v in zip(sorted(parts), means)}}
+                      **{f"train/{k}": float(v) for k, v in zip(sorted(parts), means)},
+                      "samples_per_s": group * p["batch_size"] * self.world_size / elapsed, "step_time_s": elapsed}
             self.history.append(record)
-            elapsed = time.perf_counter() - started
-            if writer is not None and self.step % p["tensorboard_every_steps"] == 0:
-                for key, value in record.items():
-                    if key not in ("step", "epoch"):
-                        writer.add_scalar(key if "/" in key else f"train/{key}", value, self.step)
-                writer.add_scalar("train/samples_per_s", group * p["batch_size"] * self.world_size / elapsed, self.step)
+            monitor.step(record, self.device)
             started, sums = time.perf_counter(), None
             bar.update(1)
             if fault_at_step is not None and self.step == fault_at_step:
@@ -240,6 +243,17 @@ class Trainer:
             if dist.from_rank0(self.checkpoints.should_save(self.step), self.device):
                 self.save()
         return True
+
+    def _check_finite(self, means: torch.Tensor, names: list[str], grad_norm: torch.Tensor) -> None:
+        """Stop before a NaN/Inf reaches the weights; every rank raises (the values are all-reduced)."""
+        bad = [name for name, value in zip(names, means.tolist()) if not math.isfinite(value)]
+        if not math.isfinite(float(grad_norm)):
+            bad.append("grad_norm")
+        if bad:
+            raise FloatingPointError(
+                f"non-finite {', '.join(bad)} at step {self.step + 1} (epoch {self.epoch}): stopped before the "
+                f"update; the last checkpoint in {self.out / 'checkpoints'} is intact. Lower train.lr, enable "
+                "train.grad_clip, or check the inputs for NaNs")
 
     @torch.no_grad()
     def validate(self) -> dict:
@@ -267,20 +281,26 @@ class Trainer:
         metrics["val/fmri_r_mean"] = float(r.mean())
         return metrics
 
+    @torch.no_grad()
+    def reconstruct_first_val_sample(self) -> tuple[dict, dict]:
+        """The first validation sample and the stimulus decoded from its true brain (for monitoring)."""
+        self.model.eval()
+        batch = collate(self.val_set, [0], self.device)
+        decoded = self.model.decode(batch["fmri"])
+        self.model.train()
+        return {k: v[0] for k, v in batch.items()}, decoded
+
     def run(self, fault_at_step: int | None = None) -> int:
         """Train to the end (0), or until a signal (EXIT_RESUME after saving)."""
         p = self.params
         stop = StopFlag()
-        writer = None
-        if self.rank == 0:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(self.out / "tensorboard", purge_step=self.step + 1)
-        bar = progress_bar(None, "train", "step", self.progress and self.rank == 0,
-                           total=p["epochs"] * self.steps_per_epoch, initial=self.step)
+        total = p["epochs"] * self.steps_per_epoch
+        monitor = Monitor(self.out, self.rank == 0, p, total)
+        monitor.replay(self.history)
+        bar = progress_bar(None, "train", "step", self.progress and self.rank == 0, total=total, initial=self.step)
         try:
             while self.epoch < p["epochs"] and not self.early["stopped"]:
-                if not self._train_epoch(stop, bar, writer, fault_at_step):
+                if not self._train_epoch(stop, bar, monitor, fault_at_step):
                     return EXIT_RESUME
                 self.epoch, self.cursor = self.epoch + 1, 0
                 val_loss = None
@@ -288,19 +308,19 @@ class Trainer:
                     metrics = self.validate()
                     val_loss = metrics["val/total"]
                     self.history.append({"step": self.step, "epoch": self.epoch, **metrics})
-                    if writer is not None:
-                        for key, value in metrics.items():
-                            writer.add_scalar(key, value, self.step)
+                    monitor.validation(metrics, self.step, *(self.reconstruct_first_val_sample()
+                                                             if self.rank == 0 else (None, None)))
                     self._early_stopping(val_loss)
                 self.save(end_of_epoch=True, val_loss=val_loss)
             if self.rank == 0:
                 self.write_model()
+            validations = [h for h in self.history if "val/total" in h]
+            monitor.finish(validations[-1] if validations else {})
             return 0
         finally:
             bar.close()
             stop.restore()
-            if writer is not None:
-                writer.close()
+            monitor.close()
             dist.teardown()
 
     def _early_stopping(self, val_loss: float) -> None:

@@ -15,6 +15,7 @@ MOVIE = str(paths.movie(config))
 FMRI = {key: str(path) for key, path in paths.fmri(config).items()}
 BOLD = {subject: str(path) for subject, path in paths.bold(config).items()}
 DATASET = {key: str(path) for key, path in paths.dataset(config).items()}
+TRAIN = {key: str(path) for key, path in paths.train(config).items()}
 
 
 def as_str(paths):
@@ -24,7 +25,7 @@ def as_str(paths):
 
 def final_targets():
     """What `snakemake` builds by default: the end of every branch of the DAG built so far."""
-    return [str(paths.dataset(config)["manifest"])]
+    return [TRAIN["model"]]
 
 
 def kept_subjects_z(wildcards):

@@ -1,5 +1,4 @@
-# Training: one process per GPU under torchrun (or one CPU process). Not in the default target yet:
-# build it with `snakemake --cores all results/train/model.pt`.
+# Training: one process per GPU under torchrun (train.gpus), or one CPU process (train.gpus: 0).
 
 
 rule train:
@@ -9,14 +8,15 @@ rule train:
     input:
         manifest=DATASET["manifest"],
     output:
-        model=f"{RESULTS}/train/model.pt",
-        history=f"{RESULTS}/train/history.jsonl",
+        model=TRAIN["model"],
+        history=TRAIN["history"],
+        tensorboard=directory(TRAIN["tensorboard"]),
     params:
         train=config["train"],
         code=source_hash("model", "train", "data/samples.py"),
     resources:
-        gpus=0,
-        gpu=0,
+        gpus=config["train"]["gpus"],  # local scheduling: --resources gpus=N
+        gpu=config["train"]["gpus"],  # what the SLURM executor requests
     retries: 3
     log:
         f"{LOGS}/train.log",

@@ -1,0 +1,74 @@
+"""The model learns: trained through Snakemake on a demo, it predicts held-out fMRI far above chance.
+
+The replaced system reported a held-out r of 0.0013 and called it healthy. Here the bound is measured
+against the demo's ground truth and against a null from circularly shifted predictions, on the TEST
+block, which training and early stopping never see.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from giblet.data.samples import WindowDataset
+from giblet.model import BrainAutoencoder
+from giblet.train.loop import collate
+from tests.conftest import copy_workflow
+from tests.test_workflow import snakemake, write_overlay
+
+# Long enough to learn (360 TRs = 9 min), small enough for CI: an 8 mm brain, a 64x36 movie.
+LEARNING_DEMO = [
+    "demo.n_trs=360", "demo.n_subjects=2", "demo.resolution_mm=8",
+    "demo.video.width=64", "demo.video.height=36", "demo.audio.sample_rate=22050",
+    "stimulus.frames.width=64", "stimulus.frames.height=36",
+    "train.epochs=10", "train.early_stopping_patience=0",
+]
+
+
+def pearson_per_column(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a - a.mean(0), b - b.mean(0)
+    return (a * b).sum(0) / np.sqrt((a * a).sum(0) * (b * b).sum(0) + 1e-12)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = copy_workflow(tmp_path_factory.mktemp("learning"))
+    overlay = write_overlay(root, LEARNING_DEMO, "learning.yaml")
+    result = snakemake(root, "--configfile", overlay, "results/train/model.pt")
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+    return root / "results"
+
+
+@pytest.mark.slow
+def test_held_out_fmri_prediction_beats_chance_and_approaches_the_ceiling(trained):
+    saved = torch.load(trained / "train" / "model.pt", map_location="cpu", weights_only=False)
+    model = BrainAutoencoder.from_config(saved["model_config"])  # model.pt alone rebuilds the model
+    model.load_state_dict(saved["state_dict"])
+    model.eval()
+    manifest = json.loads((trained / "dataset" / "manifest.json").read_text())
+    test = WindowDataset(manifest, "test")
+    with torch.no_grad():
+        batch = collate(test, list(range(len(test))), "cpu")
+        predicted = model.encode(batch).numpy()
+    measured = batch["fmri"].numpy()
+
+    truth = np.load(trained / "demo" / "truth.npz")
+    targets = test.targets
+    # The voxels the demo makes predictable: in a stimulus-driven region and reliable across subjects.
+    driven = np.asarray(truth["region_names"])[truth["region"]] != "null"
+    reliable = driven & (truth["ceiling_group"] >= np.quantile(truth["ceiling_group"][driven], 0.5))
+    r = pearson_per_column(predicted, measured)[reliable].mean()
+    r_signal = pearson_per_column(predicted, truth["signal"][targets])[reliable].mean()
+    null = [pearson_per_column(np.roll(predicted, shift, axis=0), measured)[reliable].mean()
+            for shift in range(10, len(targets) - 10, 3)]
+    ceiling = truth["ceiling_group"][reliable].mean()
+    print(f"test r {r:.3f} (vs the noise-free signal {r_signal:.3f}), ceiling {ceiling:.3f}, "
+          f"null max {max(null):.3f}")
+    assert r > 0.15 and r > max(null) + 0.1
+    assert r_signal > r  # it predicts the stimulus-driven signal, not the noise
+    assert r < ceiling  # nothing can beat the noise ceiling: a leak between splits would
+
+    history = [json.loads(line) for line in (trained / "train" / "history.jsonl").read_text().splitlines()]
+    val_r = [h["val/fmri_r_mean"] for h in history if "val/fmri_r_mean" in h]
+    assert len(val_r) == 10 and max(val_r[-3:]) > val_r[0]
