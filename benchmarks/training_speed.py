@@ -8,6 +8,7 @@ and times a reference in the same process; absolute seconds are context only. CP
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import random
 import sys
@@ -283,7 +284,8 @@ def gpu_training(quick: bool) -> dict:
     """Samples/s, step time and peak GPU memory of 1 epoch of the base preset on a Sherlock-sized
     synthetic data set (1,976 TRs, 69,000 voxels; quick: 300 TRs), bf16, data held on the GPU, with
     adamw8bit and with adamw. Goal: context for sizing runs (and 8-bit saving memory); skipped without CUDA.
-    Times exclude checkpoint saves and writing model.pt; the first steps include CUDA warm-up.
+    Times exclude checkpoint saves and writing model.pt; the first steps include CUDA warm-up. Peak
+    memory includes the data set held on the GPU.
     """
     if not torch.cuda.is_available():
         return {"skipped": "no CUDA device"}
@@ -304,6 +306,7 @@ def gpu_training(quick: bool) -> dict:
                             f"{name}_median_step_s": round(run["step"][0], 4),
                             f"{name}_max_memory_allocated_gb": round(torch.cuda.max_memory_allocated() / 2**30, 3)})
             del run
+            gc.collect()  # the timed methods make a reference cycle: free the model and data now
     return results
 
 
