@@ -225,3 +225,15 @@ def test_asking_for_more_gpus_than_visible_fails_before_training(bundle, tmp_pat
     command = training_command("m.json", "out", {"gpus": 4}, 4)
     assert command[1:4] == ["--standalone", "--nproc_per_node=4", "-m"] and command[4] == "giblet.train"
     assert training_command("m.json", "out", {}, 1) is None
+
+
+def test_model_pt_holds_the_best_validation_weights(uninterrupted_dir):
+    saved = torch.load(uninterrupted_dir / "model.pt", weights_only=False)
+    history = final_state(uninterrupted_dir)["history"]
+    validations = [h for h in history if "val/total" in h]
+    best = min(validations, key=lambda h: h["val/total"])
+    assert saved["weights"] == {"weights": "best", "step": best["step"], "epoch": best["epoch"]}
+    assert saved["best_val_loss"] == best["val/total"]
+    epoch_file = uninterrupted_dir / "checkpoints" / "epoch" / f"epoch-{best['epoch']:04d}.pt"
+    reference = torch.load(epoch_file, weights_only=False)["model"]
+    assert all(torch.equal(saved["state_dict"][k], reference[k]) for k in reference)

@@ -34,7 +34,7 @@ def test_dry_run_on_the_default_config(workflow_copy):
     # normalize_fmri jobs appear once the fmri_mask checkpoint has decided which subjects go on.
     assert planned_jobs(result) == {"demo_dataset": 1, "extract_frames": 1, "encode_audio": 1, "embed_text": 1,
                                     "fmri_mask": 1, "plan_split": 1, "average_fmri": 1,
-                                    "assemble_dataset": 1, "all": 1}
+                                    "assemble_dataset": 1, "train": 1, "all": 1}
 
 
 def test_a_disabled_modality_leaves_the_dag(workflow_copy):
@@ -79,24 +79,27 @@ def test_configfile_overlay_extends_the_default_config(workflow_copy):
 
 @pytest.mark.slow
 def test_demo_through_snakemake_and_only_stale_stages_rerun(workflow_copy):
-    overlay = write_overlay(workflow_copy, SMALL_DEMO + ["stimulus.frames.width=32", "stimulus.frames.height=18"])
+    small = SMALL_DEMO + ["stimulus.frames.width=32", "stimulus.frames.height=18", "train.epochs=1"]
+    overlay = write_overlay(workflow_copy, small)
     result = snakemake(workflow_copy, "--configfile", overlay)
     assert result.returncode == 0, result.stdout + result.stderr
     results = workflow_copy / "results"
     assert sorted(p.name for p in (results / "fmri").glob("sub-*_z.npy")) == [f"sub-0{k}_z.npy" for k in (1, 2, 3)]
     manifest = json.loads((results / "dataset" / "manifest.json").read_text())
     assert manifest["n_voxels"] == 3666 and set(manifest["modalities"]) == {"frames", "audio", "text"}
-    assert manifest["arrays"]["frames"]["shape"] == [100, 10, 18, 32, 3]
+    assert manifest["arrays"]["frames"]["shape"] == [100, 4, 18, 32, 3]
+    assert (results / "train" / "model.pt").exists() and list((results / "train" / "tensorboard").glob("events.*"))
     assert "giblet.demo.generate" in (results / "logs" / "demo_dataset.log").read_text()
 
     # Nothing is stale: nothing reruns.
     assert planned_jobs(snakemake(workflow_copy, "--configfile", overlay, "-n")) == {}
     # One stage's parameter changed: that stage and what reads it rerun, nothing else.
-    changed = write_overlay(workflow_copy, SMALL_DEMO + ["stimulus.frames.width=32", "stimulus.frames.height=18",
-                                                         "stimulus.frames.frame_skip=5"], "skip.yaml")
+    changed = write_overlay(workflow_copy, small + ["stimulus.frames.frame_skip=5"], "skip.yaml")
     assert planned_jobs(snakemake(workflow_copy, "--configfile", changed, "-n")) == {
-        "extract_frames": 1, "assemble_dataset": 1, "all": 1}
+        "extract_frames": 1, "assemble_dataset": 1, "train": 1, "all": 1}
+    # A training parameter reruns training only.
+    relearn = write_overlay(workflow_copy, small + ["train.lr=0.002"], "lr.yaml")
+    assert planned_jobs(snakemake(workflow_copy, "--configfile", relearn, "-n")) == {"train": 1, "all": 1}
     # The demo's seed changes everything downstream of it.
-    reseeded = write_overlay(workflow_copy, SMALL_DEMO + ["stimulus.frames.width=32", "stimulus.frames.height=18",
-                                                          "demo.seed=5"], "seed.yaml")
+    reseeded = write_overlay(workflow_copy, small + ["demo.seed=5"], "seed.yaml")
     assert planned_jobs(snakemake(workflow_copy, "--configfile", reseeded, "-n")).get("demo_dataset") == 1

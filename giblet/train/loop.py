@@ -335,14 +335,26 @@ class Trainer:
         if self.early["stopped"]:
             log.info("early stopping at epoch %d: no validation improvement for %d epochs", self.epoch, patience)
 
+    def _best_weights(self) -> tuple[dict, dict]:
+        """The weights with the lowest validation loss (``best.pt``), or the final ones without validation."""
+        best = self.checkpoints.directory / "best.pt"
+        if math.isfinite(self.early["best"]) and best.exists():
+            state = torch.load(best, map_location="cpu", weights_only=False)
+            if state["history"][-1].get("val/total") == self.early["best"]:  # saved right after that validation
+                return state["model"], {"weights": "best", "step": state["step"], "epoch": state["epoch"]}
+            log.warning("%s does not hold the best validation loss %.6g: model.pt gets the final weights",
+                        best, self.early["best"])
+        final = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        return final, {"weights": "final", "step": self.step, "epoch": self.epoch}
+
     def write_model(self) -> Path:
-        """``model.pt``: weights plus everything needed to use them without the training state."""
+        """``model.pt``: the best weights plus everything needed to use them without the training state."""
         path = self.out / "model.pt"
         tmp = self.out / ".model.pt.tmp"
+        weights, chosen = self._best_weights()
         torch.save({
-            "format": "giblet.model/1", "model_config": self.model.config(),
-            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "manifest": str(self.manifest_path), "manifest_sha256": self.manifest_sha256,
+            "format": "giblet.model/1", "model_config": self.model.config(), "state_dict": weights,
+            "weights": chosen, "manifest": str(self.manifest_path), "manifest_sha256": self.manifest_sha256,
             "mask": self.manifest["arrays"]["mask"], "affine": self.manifest["affine"],
             "fmri_info": self.manifest["arrays"].get("fmri_info"), "train_params": self.params,
             "config_hash": self.config_hash, "steps": self.step, "epochs": self.epoch,
@@ -350,8 +362,9 @@ class Trainer:
         }, tmp)
         os.replace(tmp, path)
         self._write_history()
-        write_json(self.out / "train.json", {"steps": self.step, "epochs": self.epoch,
+        write_json(self.out / "train.json", {"steps": self.step, "epochs": self.epoch, "model_weights": chosen,
                                              "best_val_loss": self.early["best"], "config_hash": self.config_hash})
+        log.info("wrote %s (%s weights: epoch %d, step %d)", path, chosen["weights"], chosen["epoch"], chosen["step"])
         return path
 
 
