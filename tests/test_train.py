@@ -199,7 +199,7 @@ def test_two_gloo_ranks_resume_bitwise_after_sigkill(bundle, tmp_path):
 @pytest.mark.slow
 def test_early_stopping_stops_both_ranks_at_the_same_step(bundle, tmp_path):
     """A learning rate that makes validation worse every epoch: both ranks stop after `patience`, no hang."""
-    params = {**PARAMS, "epochs": 30, "lr": 5.0, "warmup_steps": 0, "optimizer": "adamw",
+    params = {**PARAMS, "epochs": 30, "lr": 0.5, "warmup_steps": 1, "optimizer": "adamw",
               "early_stopping_patience": 2}
     result = run_training(bundle, tmp_path, params=params, nproc=2, timeout=240)
     assert result.returncode == 0, result.stderr
