@@ -17,6 +17,7 @@ include: "workflow/rules/stimulus.smk"
 include: "workflow/rules/fmri.smk"
 include: "workflow/rules/dataset.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:

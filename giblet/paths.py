@@ -106,3 +106,18 @@ def train(config: dict) -> dict:
     root = Path(config["results_dir"]) / "train"
     return {"model": root / "model.pt", "history": root / "history.jsonl", "tensorboard": root / "tensorboard",
             "checkpoints": root / "checkpoints"}
+
+
+def evaluate(config: dict) -> dict:
+    """The evaluation rules' outputs. ``metrics/`` and ``reconstructions/`` are each written whole by
+    one rule (atomically), so no other rule writes into them."""
+    root = Path(config["results_dir"]) / "evaluate"
+    enabled = {name for name, section in config["stimulus"].items() if section["enabled"]}
+    figures = {"frames": "video.png", "audio": "audio.png", "text": "text.png"}
+    reconstructions = [root / "reconstructions" / figures[m] for m in ("frames", "audio", "text") if m in enabled]
+    reconstructions.append(root / "reconstructions" / "fmri.png")
+    return {"verify": root / "verify.json", "weights_json": root / "weights.json", "weights_png": root / "weights.png",
+            "metrics": root / "metrics" / "metrics.json", "r_map": root / "metrics" / "r_map.nii.gz",
+            "r_map_png": root / "metrics" / "r_map.png", "ridge": root / "ridge.json",
+            "reconstructions": reconstructions, "lesion_json": root / "lesion.json", "lesion_png": root / "lesion.png",
+            "training_png": root / "training.png"}

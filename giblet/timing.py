@@ -46,6 +46,12 @@ def volume_times(n: int, tr: float) -> np.ndarray:
     return (np.arange(n) + 0.5) * tr
 
 
+def hrf_peak_trs(tr: float) -> int:
+    """TRs from a stimulus to the peak of its response (the Glover HRF's peak, ~5 s): 3 at 1.5 s."""
+    kernel = hrf_kernel(0.01)
+    return int(round(np.argmax(kernel) * 0.01 / tr))
+
+
 def hrf_kernel(dt: float, length_s: float = 32.0) -> np.ndarray:
     """nilearn's Glover HRF sampled every ``dt`` seconds from lag 0; sums to 1, peaks near 5 s.
 

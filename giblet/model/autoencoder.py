@@ -8,6 +8,7 @@ from torch.utils.checkpoint import checkpoint
 
 from giblet.model.decoders import Bottleneck, CodeHead, FrameHead, TextHead
 from giblet.model.encoders import CausalTemporal, CodeEncoder, FrameEncoder, TextEncoder
+from giblet.timing import hrf_peak_trs
 
 # Widths/depths. ``tiny`` trains on CPU in CI (< 1 M parameters excluding the two V-sized layers).
 MODEL_PRESETS: dict[str, dict] = {
@@ -35,7 +36,7 @@ class BrainAutoencoder(nn.Module):
     """
 
     def __init__(self, modalities: dict, n_voxels: int, lag_trs: int, *, preset: str = "tiny",
-                 gradient_checkpointing: bool = False, dim: int, frame_channels: list[int], frame_stem: int, code_depth: int,
+                 decode_delay_trs: int = 0, gradient_checkpointing: bool = False, dim: int, frame_channels: list[int], frame_stem: int, code_depth: int,
                  temporal_depth: int, kernel_size: int, hidden: int, frame_head_channels: int, frame_head_up: int,
                  code_rank: int, dropout: float):
         super().__init__()
@@ -43,13 +44,19 @@ class BrainAutoencoder(nn.Module):
         if unknown or not modalities:
             raise ValueError(f"modalities must be a non-empty subset of frames/audio/text, got {sorted(modalities)}")
         self._config = {"modalities": {k: dict(v) for k, v in modalities.items()}, "n_voxels": int(n_voxels),
-                        "lag_trs": int(lag_trs), "preset": preset, "gradient_checkpointing": bool(gradient_checkpointing),
+                        "lag_trs": int(lag_trs), "preset": preset, "decode_delay_trs": int(decode_delay_trs), "gradient_checkpointing": bool(gradient_checkpointing),
                         "dim": dim, "frame_channels": list(frame_channels), "frame_stem": frame_stem,
                         "code_depth": code_depth,
                         "temporal_depth": temporal_depth, "kernel_size": kernel_size, "hidden": hidden,
                         "frame_head_channels": frame_head_channels, "frame_head_up": frame_head_up,
                         "code_rank": code_rank, "dropout": float(dropout)}
         self.modalities, self.n_voxels, self.lag = self._config["modalities"], int(n_voxels), int(lag_trs)
+        if not 0 <= decode_delay_trs < self.lag:
+            raise ValueError(f"decode_delay_trs={decode_delay_trs} must be in [0, lag_trs={self.lag})")
+        # The decoders reconstruct the stimulus that drove the brain most: ``decode_delay_trs`` before
+        # the window's last TR (the hemodynamic peak), not the last TR itself, which the brain at the
+        # target has barely begun to respond to.
+        self.decode_index = -1 - int(decode_delay_trs)
         self.gradient_checkpointing = bool(gradient_checkpointing)
         self.encoders, self.heads = nn.ModuleDict(), nn.ModuleDict()
         if "frames" in modalities:
@@ -88,6 +95,8 @@ class BrainAutoencoder(nn.Module):
         params = {**MODEL_PRESETS[preset], **overrides}
         if dropout is not None:
             params["dropout"] = dropout
+        delay = min(hrf_peak_trs(manifest["tr"]), manifest["lag_trs"] - 1) if "tr" in manifest else 0
+        params.setdefault("decode_delay_trs", delay)
         return cls(manifest["modalities"], manifest["n_voxels"], manifest["lag_trs"], preset=preset,
                    gradient_checkpointing=gradient_checkpointing, **params)
 
@@ -127,8 +136,12 @@ class BrainAutoencoder(nn.Module):
         per_tr = per_tr.reshape(b, lag, -1)  # (B, lag, dim)
         return self.to_fmri(self.drop(self.temporal(per_tr)))
 
+    def decoded_stimulus(self, batch: dict) -> dict:
+        """The true stimulus the decoders reconstruct: each window's TR at ``decode_index``."""
+        return {k: batch[k][:, self.decode_index] for k in ("frames", "codes", "text", "text_mask") if k in batch}
+
     def decode(self, fmri: torch.Tensor) -> dict:
-        """Brain ``(B, V)`` -> the stimulus of the window's last TR: ``frames`` (B, F, H, W, 3) in [0, 1],
+        """Brain ``(B, V)`` -> the stimulus at the window's ``decode_index`` (see :meth:`decoded_stimulus`): ``frames`` (B, F, H, W, 3) in [0, 1],
         ``code_logits`` (B, n_q, Fa, codebook_size), ``text`` (B, k, d) (enabled modalities only)."""
         h = self.bottleneck(fmri)
         out = {}

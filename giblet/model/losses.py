@@ -1,6 +1,7 @@
 """Training losses (each component separately, plus the weighted ``total``) and validation metrics.
 
-Targets are the stimulus at the window's LAST TR (what the decoders reconstruct) and the true fMRI.
+Targets are the true fMRI and the stimulus at the window's TR ``decode_index`` (what the decoders
+reconstruct; the model's ``decode_index``, -1 being the window's last TR).
 Components (missing modalities are skipped):
 - ``fmri``: MSE between predicted and true z-scored fMRI;
 - ``fmri_corr``: mean over samples of 1 - Pearson r across voxels (logged; weight ``fmri_corr``, default 0);
@@ -26,7 +27,7 @@ def _pearson(a: torch.Tensor, b: torch.Tensor, dim: int, eps: float = 1e-12) -> 
     return (a * b).sum(dim) / (a.square().sum(dim) * b.square().sum(dim) + eps).sqrt()
 
 
-def losses(outputs: dict, batch: dict, weights: dict | None = None) -> dict[str, torch.Tensor]:
+def losses(outputs: dict, batch: dict, weights: dict | None = None, decode_index: int = -1) -> dict[str, torch.Tensor]:
     """Per-component losses and ``total`` = sum of ``weights[name] * component`` (see DEFAULT_WEIGHTS)."""
     weights = {**DEFAULT_WEIGHTS, **(weights or {})}
     out: dict[str, torch.Tensor] = {}
@@ -35,20 +36,20 @@ def losses(outputs: dict, batch: dict, weights: dict | None = None) -> dict[str,
         out["fmri"] = F.mse_loss(pred, true)
         out["fmri_corr"] = (1.0 - _pearson(pred, true, dim=1)).mean()
     if "code_logits" in outputs and "codes" in batch:
-        logits, target = outputs["code_logits"].float(), batch["codes"][:, -1].long()  # (B, n_q, Fa, C), (B, n_q, Fa)
+        logits, target = outputs["code_logits"].float(), batch["codes"][:, decode_index].long()  # (B, n_q, Fa, C), (B, n_q, Fa)
         per_q = [F.cross_entropy(logits[:, q].reshape(-1, logits.shape[-1]), target[:, q].reshape(-1))
                  for q in range(logits.shape[1])]
         out["codes"] = torch.stack(per_q).mean()
     if "text" in outputs and "text" in batch:
-        pred, true = outputs["text"].float(), batch["text"][:, -1].float()             # (B, k, d)
-        mask = batch["text_mask"][:, -1].bool() if "text_mask" in batch else torch.ones(pred.shape[:2], dtype=torch.bool,
+        pred, true = outputs["text"].float(), batch["text"][:, decode_index].float()             # (B, k, d)
+        mask = batch["text_mask"][:, decode_index].bool() if "text_mask" in batch else torch.ones(pred.shape[:2], dtype=torch.bool,
                                                                                          device=pred.device)
         if mask.any():
             out["text"] = (1.0 - F.cosine_similarity(pred[mask], true[mask], dim=-1)).mean()
         else:
             out["text"] = pred.sum() * 0.0  # keeps the graph (and DDP) happy
     if "frames" in outputs and "frames" in batch:
-        true = batch["frames"][:, -1].float() / 255.0                                    # (B, F, H, W, 3)
+        true = batch["frames"][:, decode_index].float() / 255.0                                    # (B, F, H, W, 3)
         out["frames"] = F.mse_loss(outputs["frames"].float(), true)
     if not out:
         raise ValueError("no loss component: outputs and batch share no modality")

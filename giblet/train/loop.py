@@ -210,7 +210,7 @@ class Trainer:
             batch = collate(self.train_set, indices, self.device)
             sync = contextlib.nullcontext() if last or self.world_size == 1 else self.ddp.no_sync()
             with sync, self._autocast():
-                parts = losses(self.ddp(batch), batch, p["loss_weights"])
+                parts = losses(self.ddp(batch), batch, p["loss_weights"], self.model.decode_index)
                 (parts["total"] / group).backward()
             values = torch.stack([parts[k].detach().float() for k in sorted(parts)]) / group
             sums = values if sums is None else sums + values
@@ -266,7 +266,7 @@ class Trainer:
             indices = order[start:start + self.params["batch_size"]]
             batch = collate(self.val_set, indices, self.device)
             with self._autocast():
-                parts = losses(self.model(batch), batch, self.params["loss_weights"])
+                parts = losses(self.model(batch), batch, self.params["loss_weights"], self.model.decode_index)
             values = torch.stack([parts[k].float() for k in sorted(parts)]).double() * len(indices)
             totals = values if totals is None else totals + values
             x, y = self.model.encode(batch).double(), batch["fmri"].double()
@@ -288,7 +288,7 @@ class Trainer:
         batch = collate(self.val_set, [0], self.device)
         decoded = self.model.decode(batch["fmri"])
         self.model.train()
-        return {k: v[0] for k, v in batch.items()}, decoded
+        return {k: v[0] for k, v in self.model.decoded_stimulus(batch).items()}, decoded
 
     def run(self, fault_at_step: int | None = None) -> int:
         """Train to the end (0), or until a signal (EXIT_RESUME after saving)."""

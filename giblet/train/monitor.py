@@ -148,10 +148,10 @@ class Monitor:
         self._scalars(metrics, step)
         if sample is not None and decoded is not None:
             if "frames" in decoded:
-                image = frames_image(sample["frames"][-1], decoded["frames"][0])
+                image = frames_image(sample["frames"], decoded["frames"][0])
                 self.writer.add_image("reconstruction/frames", image, step, dataformats="HWC")
             if "code_logits" in decoded:
-                image = codes_image(sample["codes"][-1], decoded["code_logits"][0])
+                image = codes_image(sample["codes"], decoded["code_logits"][0])
                 self.writer.add_image("reconstruction/codes", image, step, dataformats="HWC")
         log.info("validation at step %d: %s", step,
                  " ".join(f"{k.removeprefix('val/')} {v:.4f}" for k, v in sorted(metrics.items())))

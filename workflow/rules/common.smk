@@ -23,9 +23,13 @@ def as_str(paths):
     return [str(p) for p in paths] if isinstance(paths, list) else str(paths)
 
 
+EVALUATE = {key: as_str(path) for key, path in paths.evaluate(config).items()}
+
+
 def final_targets():
     """What `snakemake` builds by default: the end of every branch of the DAG built so far."""
-    return [TRAIN["model"]]
+    outputs = [v for k, v in EVALUATE.items() if k != "reconstructions"] + EVALUATE["reconstructions"]
+    return [TRAIN["model"], *outputs]
 
 
 def kept_subjects_z(wildcards):

@@ -1,0 +1,1 @@
+"""Evaluation: weights, checkpoint verification, metrics, baselines, reconstructions, lesions."""

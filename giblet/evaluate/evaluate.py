@@ -1,0 +1,261 @@
+"""The ``evaluate`` stage: score a trained model on the held-out TEST block only.
+
+Writes into ``out_dir`` (atomically: all files or none):
+
+- ``metrics.json``: encoding (stimulus -> brain) accuracy as per-voxel Pearson r over time
+  (mean over all and over reliable voxels), the fraction of the noise ceiling (the exact one from
+  the demo's ``truth.npz`` when the manifest has it, else the ISC estimate from ``ceiling.npz``),
+  timepoint identification with its chance levels, a circular-shift null with a p-value; decoding
+  (brain -> stimulus) per modality; and what was evaluated (model, manifest, split range);
+- ``r_map.nii.gz``: the per-voxel r on the mask's grid;
+- ``r_map.png``: a glass-brain picture of it, thresholded at the null's 95th percentile.
+
+See :mod:`giblet.evaluate.metrics` for every definition.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from giblet.errors import InputError
+from giblet.evaluate import metrics as M
+from giblet.evaluate.brain_maps import plot_r_map, r_map_image
+from giblet.evaluate.load import load_model, predict
+from giblet.files import atomic_output_dir, sha256_file, write_json
+
+log = logging.getLogger(__name__)
+
+METRICS_FORMAT = "giblet.evaluate/1"
+SPLIT = "test"
+CEILING_EXACT = "exact (demo truth)"
+CEILING_ISC = "ISC estimate"
+
+
+def _read_manifest(path: Path) -> dict:
+    if not path.exists():
+        raise InputError(path, "no such manifest: run the assemble stage first")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(path, f"cannot be read as a JSON manifest ({type(error).__name__}: {error})") from error
+    if not isinstance(manifest, dict) or "split" not in manifest or "arrays" not in manifest:
+        raise InputError(path, "is not a giblet dataset manifest (no split or arrays)")
+    return manifest
+
+
+def _test_range(manifest: dict, path: Path) -> tuple[int, int]:
+    ranges = manifest["split"].get("ranges", {})
+    if SPLIT not in ranges or ranges[SPLIT][1] - ranges[SPLIT][0] < 1:
+        raise InputError(path, f"has no test block (split blocks: {sorted(ranges)}); evaluation uses only the "
+                               "held-out test block: set split.fractions.test > 0 (or split.ranges.test) and rerun")
+    start, stop = ranges[SPLIT]
+    return int(start), int(stop)
+
+
+def _check_model(saved: dict, manifest: dict, model_path: Path, manifest_path: Path) -> None:
+    config = saved["model_config"]
+    if int(config["n_voxels"]) != int(manifest["n_voxels"]):
+        raise InputError(model_path, f"the model has {config['n_voxels']} voxels but {manifest_path} has "
+                                     f"{manifest['n_voxels']}: it was trained on other data")
+    if config["modalities"] != manifest["modalities"]:
+        raise InputError(model_path, f"the model's modalities {config['modalities']} differ from those of "
+                                     f"{manifest_path} ({manifest['modalities']})")
+    if int(config["lag_trs"]) < int(manifest["lag_trs"]):
+        raise InputError(model_path, f"the model's lag window ({config['lag_trs']} TRs) is shorter than "
+                                     f"{manifest_path}'s ({manifest['lag_trs']} TRs)")
+
+
+def _load_vector(path: Path, key: str, n_voxels: int) -> np.ndarray:
+    if not path.exists():
+        raise InputError(path, "listed in the manifest but missing: rerun its stage")
+    try:
+        with np.load(path) as data:
+            values = np.asarray(data[key], dtype=np.float64)
+    except (OSError, ValueError, KeyError) as error:
+        raise InputError(path, f"has no readable '{key}' array ({type(error).__name__}: {error})") from error
+    if values.shape != (n_voxels,):
+        raise InputError(path, f"'{key}' has shape {values.shape}, expected ({n_voxels},) (the manifest's voxels)")
+    return values
+
+
+def load_ceiling(manifest: dict) -> tuple[np.ndarray | None, str, str | None]:
+    """The noise ceiling to use: (ceiling (V,) or None, its source, its path).
+
+    The demo's exact ceiling of the group mean (``truth.npz`` ``ceiling_group``) when the manifest
+    lists a truth file, else the ISC estimate (``ceiling.npz`` ``group``), else none.
+    """
+    arrays, n_voxels = manifest["arrays"], int(manifest["n_voxels"])
+    if "truth" in arrays:
+        path = Path(arrays["truth"]["path"])
+        return _load_vector(path, "ceiling_group", n_voxels), CEILING_EXACT, str(path)
+    if "ceiling" in arrays:
+        path = Path(arrays["ceiling"]["path"])
+        return _load_vector(path, "group", n_voxels), CEILING_ISC, str(path)
+    return None, "none", None
+
+
+def _by_region(manifest: dict, r: np.ndarray, ceiling: np.ndarray | None) -> dict | None:
+    """Demo only: mean r (and ceiling) per simulated region (``truth.npz`` ``region``/``region_names``)."""
+    if "truth" not in manifest["arrays"]:
+        return None
+    with np.load(manifest["arrays"]["truth"]["path"]) as truth:
+        if "region" not in truth.files or "region_names" not in truth.files:
+            return None
+        region, names = np.asarray(truth["region"]), [str(n) for n in truth["region_names"]]
+    if region.shape != r.shape:
+        return None
+    out = {}
+    for code, name in enumerate(names):
+        where = region == code
+        if where.any():
+            out[name] = {"n_voxels": int(where.sum()), "r_mean": float(r[where].mean()),
+                         "ceiling_mean": float(ceiling[where].mean()) if ceiling is not None else None}
+    return out
+
+
+def _train_mean_frame(manifest: dict) -> np.ndarray | None:
+    """Mean (in [0, 1]) of the frames the training samples reconstruct (their window's last TR)."""
+    ranges = manifest["split"]["ranges"]
+    if "train" not in ranges or "frames" not in manifest["arrays"]:
+        return None
+    frames = np.load(manifest["arrays"]["frames"]["path"], mmap_mode="r")
+    shift = int(manifest["split"].get("shift_trs", manifest.get("shift_trs", 0)))
+    start, stop = ranges["train"]
+    total = np.zeros(frames.shape[1:], dtype=np.float64)
+    for a in range(start, stop, 64):
+        total += np.asarray(frames[a + shift:min(a + 64, stop) + shift], dtype=np.float64).sum(axis=0)
+    return total / (stop - start) / 255.0
+
+
+def decoding_metrics(decoded: dict, stimulus: dict, manifest: dict) -> dict:
+    """Brain -> stimulus scores per enabled modality (see giblet.evaluate.metrics)."""
+    out = {}
+    if "frames" in decoded and "frames" in stimulus:
+        out["frames"] = {**M.frame_metrics(decoded["frames"], stimulus["frames"], _train_mean_frame(manifest)),
+                         "baseline": "the training block's mean frame"}
+    if "code_logits" in decoded and "codes" in stimulus:
+        out["audio_codes"] = M.code_metrics(decoded["code_logits"], stimulus["codes"])
+    if "text" in decoded and "text" in stimulus:
+        mask = stimulus.get("text_mask", np.ones(stimulus["text"].shape[:2], dtype=bool))
+        out["text"] = M.text_metrics(decoded["text"], stimulus["text"], mask)
+    return out
+
+
+def _jsonable(value):
+    """numpy scalars/arrays -> Python; NaN/inf -> None (metrics.json stays valid JSON)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def evaluate(model_path: str | Path, manifest_path: str | Path, out_dir: str | Path, *,
+             reliable_threshold: float = M.RELIABLE_THRESHOLD, n_null: int = 100, seed: int = 0,
+             batch_size: int = 32, device: str = "cpu") -> dict:
+    """Score ``model_path`` on the test block of ``manifest_path``; write metrics.json, r_map.nii.gz, r_map.png.
+
+    Array paths inside the manifest are read as written there (relative ones from the current
+    directory, as in training). Nothing is written unless everything succeeds.
+
+    Parameters
+    ----------
+    model_path : path of ``model.pt`` (the train stage's output)
+    manifest_path : path of the dataset manifest
+    out_dir : directory that receives the three files
+    reliable_threshold : float
+        Reliable voxels have a noise ceiling >= this (see :func:`giblet.evaluate.metrics.reliable_voxels`).
+    n_null, seed : the circular-shift null (shifts at least ``lag_trs`` from 0 and N)
+    batch_size, device : for running the model
+
+    Returns
+    -------
+    dict, the content of metrics.json.
+
+    Raises
+    ------
+    InputError naming the file: the manifest is missing/unreadable or has no test block; the model
+    file is missing, corrupt or not a giblet model; the model does not fit the manifest (number of
+    voxels, modalities, lag); a ceiling/truth/mask file it lists is missing or malformed.
+    """
+    model_path, manifest_path, out_dir = Path(model_path), Path(manifest_path), Path(out_dir)
+    manifest = _read_manifest(manifest_path)
+    test_range = _test_range(manifest, manifest_path)
+    model, saved = load_model(model_path, device)
+    _check_model(saved, manifest, model_path, manifest_path)
+    mask_path = Path(manifest["arrays"]["mask"]["path"])
+    if not mask_path.exists():
+        raise InputError(mask_path, "the manifest's brain mask is missing: rerun the fMRI stages")
+    ceiling, ceiling_source, ceiling_path = load_ceiling(manifest)
+
+    predictions = predict(model, manifest, SPLIT, batch_size=batch_size, device=device)
+    n_test = len(predictions.targets)
+    reliable = M.reliable_voxels(ceiling, reliable_threshold) if ceiling is not None else None
+    fmri = M.fmri_metrics(predictions.fmri_pred, predictions.fmri_true, ceiling, reliable, n_null=n_null, seed=seed,
+                          min_shift=int(manifest["lag_trs"]))
+    r = M.pearson_columns(predictions.fmri_pred, predictions.fmri_true)
+    manifest_sha256 = sha256_file(manifest_path)
+    results = {
+        "format": METRICS_FORMAT,
+        "split": SPLIT, "test_range": list(test_range), "n_test": n_test, "tr": manifest.get("tr"),
+        "model": {"path": str(model_path), "sha256": sha256_file(model_path),
+                  "config_hash": saved.get("config_hash"), "steps": saved.get("steps"), "epochs": saved.get("epochs"),
+                  "weights": saved.get("weights"), "best_val_loss": saved.get("best_val_loss"),
+                  "preset": saved["model_config"].get("preset"), "giblet_version": saved.get("giblet_version"),
+                  "trained_on_this_manifest": saved.get("manifest_sha256") == manifest_sha256},
+        "manifest": {"path": str(manifest_path), "sha256": manifest_sha256},
+        "ceiling": {"source": ceiling_source, "path": ceiling_path,
+                    "reliable_rule": (f"ceiling >= {reliable_threshold}" if ceiling is not None
+                                      else "all voxels (no ceiling in the manifest)"),
+                    "reliable_threshold": reliable_threshold if ceiling is not None else None},
+        "fmri": fmri,
+        "by_region": _by_region(manifest, r, ceiling),
+        "decoding": decoding_metrics(predictions.decoded, predictions.stimulus, manifest),
+    }
+    null = fmri.get("null")
+    threshold = max(null["voxel_r_p95"], 0.01) if null else 0.1
+    results["r_map"] = {"nifti": "r_map.nii.gz", "png": "r_map.png", "plot_threshold": threshold,
+                        "plot_threshold_rule": ("95th percentile of single-voxel r under the circular-shift null"
+                                                if null else "fixed 0.1 (no null)")}
+    results = _jsonable(results)
+
+    with atomic_output_dir(out_dir) as tmp:
+        nib.save(r_map_image(r, mask_path), tmp / "r_map.nii.gz")
+        plot_r_map(tmp / "r_map.nii.gz", tmp / "r_map.png",
+                   f"Per-voxel r over time, test TRs {test_range[0]}-{test_range[1] - 1} (N={n_test})", threshold)
+        write_json(tmp / "metrics.json", results)
+    log.info("evaluated %s on %d test TRs: r_mean %.3f, r_mean_reliable %s, identification top-1 %.3f "
+             "(chance %.3f), null p %s -> %s", model_path, n_test, fmri["r_mean"], fmri["r_mean_reliable"],
+             fmri["identification"]["top1"], fmri["identification"]["chance_top1"],
+             null["p_value"] if null else None, out_dir)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("manifest")
+    parser.add_argument("out_dir")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    evaluate(args.model, args.manifest, args.out_dir, device=args.device)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
