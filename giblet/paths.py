@@ -105,7 +105,7 @@ def train(config: dict) -> dict:
     """The train rule's outputs (``checkpoints/`` sits next to them but is deliberately not an output)."""
     root = Path(config["results_dir"]) / "train"
     return {"model": root / "model.pt", "history": root / "history.jsonl", "tensorboard": root / "tensorboard",
-            "checkpoints": root / "checkpoints"}
+            "checkpoints": root / "checkpoints", "latest_checkpoint": root / "checkpoints" / "latest.pt"}
 
 
 def evaluate(config: dict) -> dict:

@@ -35,7 +35,7 @@ def pearson_per_column(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def trained(tmp_path_factory):
     root = copy_workflow(tmp_path_factory.mktemp("learning"))
     overlay = write_overlay(root, LEARNING_DEMO, "learning.yaml")
-    result = snakemake(root, "--configfile", overlay)  # the default target ends with training
+    result = snakemake(root, "results/train/model.pt", "--configfile", overlay)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     return root / "results"
 

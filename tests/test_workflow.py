@@ -90,6 +90,17 @@ def test_demo_through_snakemake_and_only_stale_stages_rerun(workflow_copy):
     assert manifest["arrays"]["frames"]["shape"] == [100, 4, 18, 32, 3]
     assert (results / "train" / "model.pt").exists() and list((results / "train" / "tensorboard").glob("events.*"))
     assert "giblet.demo.generate" in (results / "logs" / "demo_dataset.log").read_text()
+    evaluation = results / "evaluate"
+    metrics = json.loads((evaluation / "metrics" / "metrics.json").read_text())
+    ridge = json.loads((evaluation / "ridge.json").read_text())
+    assert metrics["n_test"] == ridge["n_test"] > 0 and metrics["fmri"].keys() == ridge["fmri"].keys()
+    assert json.loads((evaluation / "verify.json").read_text())["ok"] is True
+    # One HTML report with every figure, from Snakemake's own report machinery.
+    report = snakemake(workflow_copy, "--configfile", overlay, "--report", "report.html")
+    assert report.returncode == 0, report.stdout + report.stderr
+    html = (workflow_copy / "report.html").read_text(errors="replace")
+    for figure in ("r_map.png", "video.png", "lesion.png", "training.png", "weights.png"):
+        assert figure in html, figure
 
     # Nothing is stale: nothing reruns.
     assert planned_jobs(snakemake(workflow_copy, "--configfile", overlay, "-n")) == {}

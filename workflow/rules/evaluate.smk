@@ -28,7 +28,7 @@ rule examine_weights:
         json=EVALUATE["weights_json"],
         png=report(EVALUATE["weights_png"], caption="../report/weights.rst", category="Model"),
     params:
-        checkpoint=TRAIN["checkpoints"] + "/latest.pt",
+        checkpoint=TRAIN["latest_checkpoint"],
         code=EVAL_CODE,
     log:
         f"{LOGS}/examine_weights.log",
