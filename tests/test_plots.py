@@ -1,6 +1,7 @@
 """Evaluation plots: reconstructions, lesions and the training summary.
 
-The bundle's stimulus is what its own (untrained, seeded) model decodes from the bundle's fMRI, so the
+The bundle's stimulus is what its own (untrained, seeded) model decodes from the bundle's fMRI, placed
+at the TR the decoders reconstruct (``decode_index``, 3 TRs before each window's last at TR 1.5), so the
 intact decoding is exact by construction (code accuracy 1, text top-1 1, ...), and the model's bottleneck
 reads only the voxels of region A, so a lesion of A must degrade every modality while an equal number
 of random voxels from outside A (all ignored) changes nothing.
@@ -60,7 +61,8 @@ def make_bundle(root: Path, encodec_sidecar: dict | None = None) -> dict:
     np.save(root / "group.npy", fmri)
     region = np.zeros(N_VOXELS, np.int8)
     region[REGION_A], region[REGION_B] = 1, 2
-    np.savez(root / "truth.npz", region=region, region_names=np.array(["null", "A", "B"]))
+    ceiling = np.where(region == 1, 0.8, 0.1)  # the reliable voxels (evaluate.load_ceiling reads it) are A's
+    np.savez(root / "truth.npz", region=region, region_names=np.array(["null", "A", "B"]), ceiling_group=ceiling)
     split_params = load_config(None, ["split.lag_trs=4", "split.fractions={train: 0.6, val: 0.2, test: 0.2}"])["split"]
     write_json(root / "split.json", plan_split(N_TRS, N_TRS, split_params).to_dict())
 
@@ -83,10 +85,15 @@ def make_bundle(root: Path, encodec_sidecar: dict | None = None) -> dict:
             if name.endswith("bias"):
                 parameter.zero_()
         model.heads["frames"].out.weight.mul_(1000.0)
-        out = model.decode(torch.from_numpy(fmri))
-    arrays["frames"] = np.round(out["frames"].numpy() * 255).astype(np.uint8)
-    arrays["audio_codes"] = out["code_logits"].argmax(-1).numpy().astype(np.int16)
-    text = torch.nn.functional.normalize(out["text"], dim=-1).numpy()
+        out = {k: v.numpy() for k, v in model.decode(torch.from_numpy(fmri)).items()}
+    # Target t (shift_trs 0) decodes stimulus TR t + 1 + decode_index = t - delay: put out[t] there
+    # (stimulus TR s gets out[s + delay]; the last `delay` TRs, which no target decodes, wrap around).
+    delay = -1 - model.decode_index
+    assert delay == 3  # so a figure of the window's last TR would not be exact
+    out = {k: np.roll(v, -delay, axis=0) for k, v in out.items()}
+    arrays["frames"] = np.round(out["frames"] * 255).astype(np.uint8)
+    arrays["audio_codes"] = out["code_logits"].argmax(-1).astype(np.int16)
+    text = out["text"] / np.linalg.norm(out["text"], axis=-1, keepdims=True)
     arrays["text"] = np.where(mask[..., None], text, 0).astype(np.float32)
     index = np.full((N_TRS, K), -1, np.int32)
     index[mask] = np.arange(mask.sum())
@@ -150,17 +157,25 @@ def test_reconstructions_skip_the_wav_when_the_weights_cannot_be_rebuilt(bundle,
     assert no_leftovers(tmp_path) == []
     json.dumps(result)  # a caption can quote it
 
-    # The stimulus is the model's own decoding: everything is recovered exactly.
+    # The stimulus is the model's own decoding at the decoded TR: everything is recovered exactly.
+    manifest = json.loads(bundle["manifest"].read_text())
     n_test = result["n_test_trs"]
-    assert n_test == json.loads(bundle["manifest"].read_text())["n_targets"]["test"]
-    assert result["audio"]["accuracy"] == 1.0
-    assert result["audio"]["chance"] == pytest.approx(1 / C, abs=1e-4)
-    assert result["text"]["top1"] == 1.0 and result["text"]["cosine"] > 0.999
-    assert result["text"]["n_slots"] > n_test  # two slots where both are filled
-    assert result["video"]["pixel_r"] > 0.95 and result["video"]["mse"] < 1e-4
+    assert n_test == manifest["n_targets"]["test"]
+    assert result["decode_index"] == -4
+    assert result["audio"]["accuracy_mean"] == 1.0
+    assert result["audio"]["chance_uniform"] == pytest.approx(1 / C, abs=1e-4)
+    assert result["text"]["library_top1"] == 1.0 and result["text"]["top1"] == 1.0
+    assert result["text"]["cosine_mean"] > 0.999
+    assert result["text"]["n_queries"] > n_test  # two slots where both are filled
+    assert result["video"]["pixel_r_mean"] > 0.95 and result["video"]["mse"] < 1e-4
     assert result["video"]["identification"] == 1.0
     assert len(result["video"]["shown_trs"]) == 4
+    # The TRs shown are the decoded stimulus TRs: target + 1 + decode_index (shift_trs is 0).
+    first, stop = manifest["split"]["ranges"]["test"]
+    assert result["video"]["shown_trs"][0] == first - 3 and result["video"]["shown_trs"][-1] == stop - 4
+    assert result["audio"]["shown_trs"] == [first - 3 + (n_test - 3) // 2, first - 3 + (n_test - 3) // 2 + 2]
     assert len(result["fmri"]["best_voxels"]) == 4
+    assert result["fmri"]["n_reliable"] == len(REGION_A) and "exact" in result["fmri"]["reliable"]
     assert result["fmri"]["best_r"] == sorted(result["fmri"]["best_r"], reverse=True)
 
 
@@ -175,6 +190,7 @@ def test_reconstructions_decode_the_wav_with_the_sidecars_weights(tmp_path, loca
     with wave.open(str(out / "decoded.wav")) as f:
         assert (f.getnchannels(), f.getsampwidth(), f.getframerate()) == (1, 2, ENCODEC_SAMPLE_RATE)
         assert f.getnframes() == 3 * FA * 320
+    assert result["audio"]["wav_first_tr"] == result["audio"]["shown_trs"][0]
     assert_png(out / "audio.png")
 
 
@@ -193,7 +209,7 @@ def test_reconstructions_only_for_enabled_modalities(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["fmri.png", "video.png"]
 
     # And a model of other modalities than the manifest's is refused, naming the model.
-    with pytest.raises(InputError, match="another dataset") as error:
+    with pytest.raises(InputError, match="modalities") as error:
         plot_reconstructions(data["model"], data["root"] / "frames_only.json", tmp_path / "other")
     assert error.value.path == data["model"]
 

@@ -71,6 +71,22 @@ def _check_model(saved: dict, manifest: dict, model_path: Path, manifest_path: P
                                      f"{manifest_path}'s ({manifest['lag_trs']} TRs)")
 
 
+def load_checked(model_path: str | Path, manifest_path: str | Path, device: str = "cpu"):
+    """What every evaluation stage starts from: (model in eval mode, model.pt's metadata, manifest,
+    the test block's [start, stop) fMRI TRs), checked against each other.
+
+    Raises InputError naming the file: the manifest is missing, unreadable or has no test block; the
+    model file is missing, corrupt or not a giblet model; the model does not fit the manifest (number
+    of voxels, modalities, lag).
+    """
+    model_path, manifest_path = Path(model_path), Path(manifest_path)
+    manifest = _read_manifest(manifest_path)
+    test_range = _test_range(manifest, manifest_path)
+    model, saved = load_model(model_path, device)
+    _check_model(saved, manifest, model_path, manifest_path)
+    return model, saved, manifest, test_range
+
+
 def _load_vector(path: Path, key: str, n_voxels: int) -> np.ndarray:
     if not path.exists():
         raise InputError(path, "listed in the manifest but missing: rerun its stage")
@@ -120,7 +136,8 @@ def _by_region(manifest: dict, r: np.ndarray, ceiling: np.ndarray | None) -> dic
 
 
 def _train_mean_frame(manifest: dict) -> np.ndarray | None:
-    """Mean (in [0, 1]) of the frames the training samples reconstruct (their window's last TR)."""
+    """Mean (in [0, 1]) of the training block's frames (its targets' TRs; the decoded TRs lie a few TRs earlier,
+    which moves a mean over hundreds of TRs negligibly)."""
     ranges = manifest["split"]["ranges"]
     if "train" not in ranges or "frames" not in manifest["arrays"]:
         return None
@@ -147,18 +164,22 @@ def decoding_metrics(decoded: dict, stimulus: dict, manifest: dict) -> dict:
     return out
 
 
-def _jsonable(value):
-    """numpy scalars/arrays -> Python; NaN/inf -> None (metrics.json stays valid JSON)."""
+def jsonable(value, digits: int | None = None):
+    """A result made JSON-ready: numpy scalars/arrays -> Python, NaN/inf -> None (the file stays valid
+    JSON), recursively through dicts, lists and tuples; floats rounded to ``digits`` when given (the
+    figure stages round what a caption may quote)."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v, digits) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v, digits) for v in value]
     if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
+        return jsonable(value.tolist(), digits)
     if isinstance(value, np.generic):
         value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return value if digits is None else round(value, digits)
     return value
 
 
@@ -191,10 +212,7 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out_dir: str | P
     voxels, modalities, lag); a ceiling/truth/mask file it lists is missing or malformed.
     """
     model_path, manifest_path, out_dir = Path(model_path), Path(manifest_path), Path(out_dir)
-    manifest = _read_manifest(manifest_path)
-    test_range = _test_range(manifest, manifest_path)
-    model, saved = load_model(model_path, device)
-    _check_model(saved, manifest, model_path, manifest_path)
+    model, saved, manifest, test_range = load_checked(model_path, manifest_path, device)
     mask_path = Path(manifest["arrays"]["mask"]["path"])
     if not mask_path.exists():
         raise InputError(mask_path, "the manifest's brain mask is missing: rerun the fMRI stages")
@@ -229,7 +247,7 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out_dir: str | P
     results["r_map"] = {"nifti": "r_map.nii.gz", "png": "r_map.png", "plot_threshold": threshold,
                         "plot_threshold_rule": ("95th percentile of single-voxel r under the circular-shift null"
                                                 if null else "fixed 0.1 (no null)")}
-    results = _jsonable(results)
+    results = jsonable(results)
 
     with atomic_output_dir(out_dir) as tmp:
         nib.save(r_map_image(r, mask_path), tmp / "r_map.nii.gz")

@@ -9,6 +9,10 @@ each enabled modality's decoding degrades is measured against the intact brain:
 - codes: ``codes_accuracy`` (argmax of the logits == the true code);
 - text: ``text_cosine`` (decoded vs true embedding at the filled slots).
 
+These are metrics.frame_metrics' ``pixel_r_mean`` and ``mse``, metrics.code_metrics' ``accuracy_mean``
+and metrics.text_metrics' ``cosine_mean``, against the true stimulus at the TR the decoders reconstruct
+(the window's ``model.decode_index``, as in ``giblet.evaluate.load.predict``).
+
 A region the decoder depends on degrades a modality more than its random control does.
 
 Regions come from the demo's ``truth.npz`` (manifest array role ``truth``: ``region`` (V,) indexes
@@ -27,7 +31,10 @@ import numpy as np
 import torch
 
 from giblet.errors import InputError
-from giblet.evaluate.reconstructions import _round, load_model_and_manifest, new_figure, save_figure
+from giblet.evaluate import metrics as M
+from giblet.evaluate.evaluate import jsonable, load_checked
+from giblet.evaluate.figures import new_figure, save_figure
+from giblet.evaluate.load import predict
 from giblet.files import write_json
 
 log = logging.getLogger(__name__)
@@ -102,57 +109,36 @@ def regions_from_masks(manifest: dict, regions: dict[str, str | Path]) -> dict[s
 # Decoding and its metrics
 
 
-def _test_data(manifest: dict) -> dict:
-    """The test split's true fMRI (N, V) and the true stimulus at each window's last TR."""
-    from giblet.splits import Split
+def scores(decoded: dict, stimulus: dict) -> dict:
+    """The lesion metrics (module doc) of decoded outputs against the true stimulus, via giblet.evaluate.metrics.
 
-    split = Split.from_dict(manifest["split"])
-    targets = np.asarray(split.targets("test"))
-    last = np.array([split.window(t)[1] - 1 for t in targets])
-    arrays = manifest["arrays"]
-    data = {"fmri": np.asarray(np.load(arrays["fmri"]["path"], mmap_mode="r")[targets], np.float32),
-            "targets": targets}
-    for role, key in (("frames", "frames"), ("audio_codes", "codes"), ("text", "text"), ("text_mask", "text_mask")):
-        if role in arrays:
-            data[key] = np.asarray(np.load(arrays[role]["path"], mmap_mode="r")[last])
-    return data
+    ``decoded``: ``BrainAutoencoder.decode``'s outputs as numpy arrays; ``stimulus``: the true stimulus
+    at the decoded TR (``predict().stimulus``). A modality with nothing to score gives NaN (None in the JSON).
+    """
+    out = {}
+    if "frames" in decoded:
+        frames = M.frame_metrics(decoded["frames"], stimulus["frames"])
+        out.update(frames_r=frames["pixel_r_mean"], frames_mse=frames["mse"])
+    if "code_logits" in decoded:
+        out["codes_accuracy"] = M.code_metrics(decoded["code_logits"], stimulus["codes"])["accuracy_mean"]
+    if "text" in decoded:
+        out["text_cosine"] = M.text_metrics(decoded["text"], stimulus["text"], stimulus["text_mask"])["cosine_mean"]
+    return {k: np.nan if v is None else v for k, v in out.items()}  # NaN: the lesion arithmetic stays defined
 
 
 @torch.no_grad()
-def decode_metrics(model, data: dict, voxel_mask: np.ndarray | None, batch_size: int = 32) -> dict:
-    """Decode the test brain (with ``voxel_mask`` voxels zeroed, if given) and score every enabled modality."""
+def decode_metrics(model, fmri: np.ndarray, stimulus: dict, voxel_mask: np.ndarray | None,
+                   batch_size: int = 32) -> dict:
+    """Decode the test brain ``fmri`` (N, V) with the ``voxel_mask`` voxels zeroed (none if None) and
+    :func:`scores` it against ``stimulus`` (the true stimulus at the decoded TR)."""
     device = next(model.parameters()).device
     mask = None if voxel_mask is None else torch.from_numpy(np.asarray(voxel_mask, bool)).to(device)
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-
-    def add(key, total, count):
-        sums[key] = sums.get(key, 0.0) + float(total)
-        counts[key] = counts.get(key, 0) + int(count)
-
-    n = len(data["fmri"])
-    for start in range(0, n, batch_size):
-        rows = slice(start, min(start + batch_size, n))
-        fmri = torch.from_numpy(data["fmri"][rows]).to(device)
-        out = model.decode(fmri) if mask is None else model.lesion(fmri, mask)
-        if "frames" in out:
-            decoded = out["frames"].float().reshape(fmri.shape[0], -1)
-            true = torch.from_numpy(data["frames"][rows]).to(device).float().reshape(fmri.shape[0], -1) / 255.0
-            add("frames_mse", ((decoded - true) ** 2).mean(1).sum(), fmri.shape[0])
-            dc, tc = decoded - decoded.mean(1, keepdim=True), true - true.mean(1, keepdim=True)
-            denom = dc.norm(dim=1) * tc.norm(dim=1)
-            r = torch.where(denom > 0, (dc * tc).sum(1) / denom.clamp_min(1e-12), torch.zeros_like(denom))
-            add("frames_r", r.sum(), fmri.shape[0])
-        if "code_logits" in out:
-            codes = torch.from_numpy(data["codes"][rows].astype(np.int64)).to(device)
-            hits = out["code_logits"].argmax(-1) == codes
-            add("codes_accuracy", hits.sum(), hits.numel())
-        if "text" in out:
-            slots = torch.from_numpy(data["text_mask"][rows]).to(device)
-            true = torch.from_numpy(data["text"][rows]).to(device).float()
-            cos = torch.nn.functional.cosine_similarity(out["text"].float(), true, dim=-1)
-            add("text_cosine", cos[slots].sum(), slots.sum())
-    return {key: sums[key] / counts[key] if counts[key] else float("nan") for key in sums}
+    decoded: dict[str, list] = {}
+    for start in range(0, len(fmri), batch_size):
+        batch = torch.from_numpy(np.asarray(fmri[start:start + batch_size], np.float32)).to(device)
+        for key, value in (model.decode(batch) if mask is None else model.lesion(batch, mask)).items():
+            decoded.setdefault(key, []).append(value.float().cpu().numpy())
+    return scores({k: np.concatenate(v) for k, v in decoded.items()}, stimulus)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,18 +206,22 @@ def lesion(model_path: str | Path, manifest_path: str | Path, out_json: str | Pa
     ``control_change`` (control mean − intact) and ``excess`` (change − control_change).
     Raises InputError naming the file on bad input; then neither output is written.
     """
+    from giblet.devices import resolve_device
+
     if n_controls < 1:
         raise ValueError("n_controls must be at least 1")
-    out_json, out_png = Path(out_json), Path(out_png)
-    model, _, manifest = load_model_and_manifest(model_path, manifest_path, device)
+    out_json, out_png, device = Path(out_json), Path(out_png), resolve_device(device)
+    model, _, manifest, _ = load_checked(model_path, manifest_path, device)
     masks = regions_from_truth(manifest, manifest_path) if regions is None else regions_from_masks(manifest, regions)
-    data = _test_data(manifest)
+    # The true stimulus at the TR the decoders reconstruct (model.decode_index), and the intact decoding.
+    pred = predict(model, manifest, "test", batch_size=batch_size, device=device)
     n_voxels = manifest["n_voxels"]
     rng = np.random.default_rng(seed)
 
-    intact = decode_metrics(model, data, None, batch_size)
-    result = {"split": "test", "n_samples": int(len(data["fmri"])), "model": str(model_path),
-              "manifest": str(manifest_path), "region_source": "truth.npz" if regions is None else
+    intact = scores(pred.decoded, pred.stimulus)
+    result = {"split": "test", "n_samples": int(len(pred.targets)), "model": str(model_path),
+              "manifest": str(manifest_path), "decode_index": model.decode_index,
+              "region_source": "truth.npz" if regions is None else
               {k: str(v) for k, v in regions.items()}, "n_controls": n_controls, "seed": seed,
               "metrics": {k: {"modality": v[0], "higher_is_better": v[2]} for k, v in METRICS.items()
                           if k in intact},
@@ -240,12 +230,12 @@ def lesion(model_path: str | Path, manifest_path: str | Path, out_json: str | Pa
         outside = np.flatnonzero(~voxels)
         size = int(voxels.sum())
         control_size = min(size, len(outside))
-        lesioned = decode_metrics(model, data, voxels, batch_size)
+        lesioned = decode_metrics(model, pred.fmri_true, pred.stimulus, voxels, batch_size)
         draws = []
         for _ in range(n_controls):
             control = np.zeros(n_voxels, bool)
             control[rng.choice(outside, control_size, replace=False)] = True
-            draws.append(decode_metrics(model, data, control, batch_size))
+            draws.append(decode_metrics(model, pred.fmri_true, pred.stimulus, control, batch_size))
         mean = {k: float(np.mean([d[k] for d in draws])) for k in intact}
         sd = {k: float(np.std([d[k] for d in draws])) for k in intact}
         change = {k: lesioned[k] - intact[k] for k in intact}
@@ -256,7 +246,7 @@ def lesion(model_path: str | Path, manifest_path: str | Path, out_json: str | Pa
             "excess": {k: change[k] - control_change[k] for k in intact}}
         log.info("lesion %s (%d voxels): %s", name, size,
                  ", ".join(f"{k} {change[k]:+.4f} (control {control_change[k]:+.4f})" for k in intact))
-    result = _round(result, 6)
+    result = jsonable(result, 6)
 
     tmp_json = out_json.with_name(f".{out_json.name}.tmp-{os.getpid()}")
     tmp_png = out_png.with_name(f".{out_png.name}.tmp-{os.getpid()}")
@@ -274,4 +264,4 @@ def lesion(model_path: str | Path, manifest_path: str | Path, out_json: str | Pa
     return result
 
 
-__all__ = ["lesion", "decode_metrics", "regions_from_masks", "regions_from_truth"]
+__all__ = ["lesion", "decode_metrics", "scores", "regions_from_masks", "regions_from_truth"]

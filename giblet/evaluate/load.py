@@ -42,9 +42,9 @@ class Predictions:
     ``targets`` (N,) fMRI TR indices; ``fmri_true``/``fmri_pred`` (N, V) float32 (encoder half,
     stimulus -> brain); ``decoded``: the decoder half from the TRUE brain, per enabled modality:
     ``frames`` (N, F, H, W, 3) float32 in [0, 1], ``code_logits`` (N, n_q, Fa, C) float32, ``text``
-    (N, k, d) float32; ``stimulus``: the true stimulus at each window's last TR (``frames`` uint8,
+    (N, k, d) float32; ``stimulus``: the true stimulus the decoders reconstruct (``frames`` uint8,
     ``codes`` int64, ``text`` float32, ``text_mask`` bool) at the window's ``model.decode_index``
-    (stimulus TR ``target + shift_trs + 1 + decode_index``), what the decoders reconstruct.
+    (stimulus TR ``target + shift_trs + 1 + decode_index``).
     """
 
     targets: np.ndarray

@@ -93,8 +93,10 @@ def _within_chance(n: int, radius: int) -> float:
     return float(counts.sum() / n / n)
 
 
-def _center_rows(x: np.ndarray) -> np.ndarray:
-    """Center and unit-normalize each row (so a dot product is a Pearson r across columns); constant rows -> 0."""
+def center_rows(x: np.ndarray) -> np.ndarray:
+    """Center and unit-normalize each row of ``x`` (n_rows, n_columns), keeping its float dtype, so
+    that ``center_rows(a) @ center_rows(b).T`` is the Pearson r (across columns) of every row of ``a``
+    with every row of ``b``; constant rows -> 0."""
     x = x - x.mean(axis=1, keepdims=True)
     norm = np.linalg.norm(x, axis=1, keepdims=True)
     return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
@@ -127,8 +129,8 @@ def identification(pred: np.ndarray, true: np.ndarray, radius: int = 2) -> dict:
     if pred.shape != true.shape or pred.ndim != 2:
         raise ValueError(f"expected two (n_trs, n_voxels) arrays of one shape, got {pred.shape} and {true.shape}")
     n = pred.shape[0]
-    p = _center_rows(pred - pred.mean(axis=0))
-    t = _center_rows(true - true.mean(axis=0))
+    p = center_rows(pred - pred.mean(axis=0))
+    t = center_rows(true - true.mean(axis=0))
     scores = p @ t.T                                     # (N, N): scores[i, j] = r(pred[i], true[j])
     correct = np.diag(scores)[:, None]
     others = ~np.eye(n, dtype=bool)
@@ -351,7 +353,9 @@ def code_metrics(logits: np.ndarray, codes: np.ndarray) -> dict:
             "chance_most_frequent": chance, "chance_uniform": 1.0 / logits.shape[-1]}
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """``x`` (..., dim) with each vector along the last axis scaled to unit length (zero vectors stay 0),
+    keeping its float dtype: dot products of the rows are cosines."""
     norm = np.linalg.norm(x, axis=-1, keepdims=True)
     return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
 
@@ -390,13 +394,13 @@ def text_metrics(decoded: np.ndarray, true: np.ndarray, mask: np.ndarray, ks: tu
     candidates, index = np.unique(targets, axis=0, return_inverse=True)    # (M, d), (Q,)
     index = index.reshape(-1)
     m = len(candidates)
-    q_unit, c_unit = _unit_rows(queries), _unit_rows(candidates)
+    q_unit, c_unit = unit_rows(queries), unit_rows(candidates)
     scores = q_unit @ c_unit.T                                             # (Q, M)
     correct = scores[np.arange(len(queries)), index][:, None]
     others = np.ones_like(scores, dtype=bool)
     others[np.arange(len(queries)), index] = False
     rank = ((scores >= correct) & others).sum(axis=1)
-    cosine = (q_unit * _unit_rows(targets)).sum(axis=1)
+    cosine = (q_unit * unit_rows(targets)).sum(axis=1)
     return {**out, "n_candidates": int(m), "cosine_mean": float(cosine.mean()),
             **{f"top{k}": float(np.mean(rank < k)) for k in ks},
             **{f"chance_top{k}": min(k, m) / m for k in ks}}

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from giblet.errors import InputError
-from giblet.evaluate.reconstructions import new_figure, save_figure_atomic
+from giblet.evaluate.figures import new_figure, save_figure_atomic
 
 log = logging.getLogger(__name__)
 

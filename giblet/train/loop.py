@@ -53,10 +53,13 @@ def default_params(params: dict) -> dict:
     return load_config(None, [f"train={json.dumps(params)}"])["train"]
 
 
-def config_hash(params: dict, manifest_sha256: str) -> str:
-    """What a checkpoint must match to be resumed: the learning parameters and the data."""
+def config_hash(params: dict, manifest_sha256: str, model_config: dict) -> str:
+    """What a checkpoint must match to be resumed: the learning parameters, the data, and the model's
+    full configuration (a code change that alters the architecture or the decoding target must not
+    silently continue from weights trained for another one)."""
     learning = {k: v for k, v in params.items() if k not in UNHASHED}
-    return hashlib.sha256(json.dumps([learning, manifest_sha256], sort_keys=True).encode()).hexdigest()[:16]
+    blob = json.dumps([learning, manifest_sha256, model_config], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 class StopFlag:
@@ -148,7 +151,7 @@ class Trainer:
         self.optimizer = make_optimizer(p["optimizer"], self.model.parameters(), p["lr"], p["weight_decay"])
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, p["warmup_steps"], total))
-        self.config_hash = config_hash(p, self.manifest_sha256)
+        self.config_hash = config_hash(p, self.manifest_sha256, self.model.config())
         ck = p["checkpoint"]
         self.checkpoints = CheckpointManager(self.out / "checkpoints", self.config_hash, keep_rolling=ck["keep_rolling"],
                                              every_steps=ck["every_steps"], every_minutes=ck["every_minutes"],
