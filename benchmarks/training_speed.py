@@ -245,7 +245,7 @@ def checkpoint_overhead(quick: bool) -> dict:
             plain = Path(tmp) / f"bench_{preset}" / "plain.pt"
             mb = plain.stat().st_size / 1e6
             t0 = time.perf_counter()
-            sha256_file(plain)  # save() hashes the file while a thread fsyncs it
+            sha256_file(plain)  # context: the hashing save() overlaps with writing
             sha256_s = time.perf_counter() - t0
             results.update({f"{preset}_checkpoint_mb": round(mb, 2),
                             **{f"{preset}_{k}": round(v, 4) for k, v in timing.items()},

@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -280,3 +281,64 @@ def test_ranks_only_rank0_writes_and_every_rank_reads_its_state(tmp_path):
     state = manager(tmp_path, rank=1, world_size=2).load_latest()
     assert_same(state["rank_states"][1], rank_states[1])
     assert {f: (tmp_path / f).read_bytes() for f in files(tmp_path)} == before
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """The hashing writer with tiny chunk sizes, so small states take every path (collected small
+    writes, large writes in pieces, early fdatasyncs); each write sleeps a little, as a long
+    serialization would, so the threads run before torch.save ends."""
+    from giblet.train.checkpoint import _HashingWriter
+    monkeypatch.setattr(_HashingWriter, "SMALL", 256)
+    monkeypatch.setattr(_HashingWriter, "CHUNK", 1000)
+    monkeypatch.setattr(_HashingWriter, "SYNC_EVERY", 5000)
+    write = _HashingWriter.write
+
+    def slow_write(self, data):
+        time.sleep(0.001)
+        return write(self, data)
+    monkeypatch.setattr(_HashingWriter, "write", slow_write)
+
+
+def mixed_state():
+    torch.manual_seed(0)
+    return {"model": {f"w{i}": torch.randn(n) for i, n in enumerate([1, 7, 60, 250, 3001, 20000])},
+            "view": torch.arange(100.0)[10:20], "history": [{"loss": 0.5}] * 3}
+
+
+def test_index_sha256_is_the_files_and_weights_only_load_works(tmp_path, small_chunks, monkeypatch):
+    from giblet.files import sha256_file
+    syncs, real = [], os.fdatasync
+    monkeypatch.setattr(os, "fdatasync", lambda fd: syncs.append(fd) or real(fd))
+    state = mixed_state()
+    for step in (1, 2):
+        manager(tmp_path).save(state, step=step, epoch=0)
+    index = manager(tmp_path)._read_index()["files"]
+    for name in ("latest.pt", "latest_backup.pt", "rolling/step-00000002.pt"):
+        assert index[name]["sha256"] == sha256_file(tmp_path / name)
+        assert index[name]["bytes"] == (tmp_path / name).stat().st_size
+    assert syncs                                        # the disk started before the final fsync
+    loaded = torch.load(tmp_path / "latest.pt", weights_only=True)
+    assert_same(state["model"], loaded["model"])
+    assert_same(state["view"], loaded["view"])
+    assert loaded["step"] == 2
+
+
+@pytest.mark.parametrize("fails", ["fdatasync", "preadv", "pickle"])
+def test_failed_write_hash_or_sync_commits_nothing(tmp_path, small_chunks, monkeypatch, fails):
+    saves(manager(tmp_path), [1, 2])
+    before = {f: (tmp_path / f).read_bytes() for f in files(tmp_path)}
+
+    def broken(*args):
+        raise OSError(f"simulated {fails} error")
+    state = mixed_state()
+    if fails == "pickle":
+        state["unpicklable"] = lambda: None
+    else:
+        monkeypatch.setattr(os, fails, broken)
+    with pytest.raises(Exception, match="simulated|pickle|lambda"):
+        manager(tmp_path).save(state, step=3, epoch=0)
+    monkeypatch.undo()
+    after = {f: (tmp_path / f).read_bytes() for f in files(tmp_path) if not f.endswith(".tmp")}
+    assert after == before
+    assert manager(tmp_path).load_latest()["step"] == 2
