@@ -13,6 +13,9 @@ import yaml
 from tests.conftest import SMALL_DEMO
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+# Everything that reads the trained model (all but baseline_ridge, which reads only the dataset).
+MODEL_READERS = {"verify_checkpoint": 1, "examine_weights": 1, "evaluate": 1, "plot_reconstructions": 1,
+                 "lesion": 1, "training_summary": 1}
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -34,7 +37,8 @@ def test_dry_run_on_the_default_config(workflow_copy):
     # normalize_fmri jobs appear once the fmri_mask checkpoint has decided which subjects go on.
     assert planned_jobs(result) == {"demo_dataset": 1, "extract_frames": 1, "encode_audio": 1, "embed_text": 1,
                                     "fmri_mask": 1, "plan_split": 1, "average_fmri": 1,
-                                    "assemble_dataset": 1, "train": 1, "all": 1}
+                                    "assemble_dataset": 1, "train": 1, "baseline_ridge": 1, **MODEL_READERS,
+                                    "all": 1}
 
 
 def test_a_disabled_modality_leaves_the_dag(workflow_copy):
@@ -107,10 +111,11 @@ def test_demo_through_snakemake_and_only_stale_stages_rerun(workflow_copy):
     # One stage's parameter changed: that stage and what reads it rerun, nothing else.
     changed = write_overlay(workflow_copy, small + ["stimulus.frames.frame_skip=5"], "skip.yaml")
     assert planned_jobs(snakemake(workflow_copy, "--configfile", changed, "-n")) == {
-        "extract_frames": 1, "assemble_dataset": 1, "train": 1, "all": 1}
-    # A training parameter reruns training only.
+        "extract_frames": 1, "assemble_dataset": 1, "train": 1, "baseline_ridge": 1, **MODEL_READERS, "all": 1}
+    # A training parameter reruns training and what reads the model; not the data, not the ridge baseline.
     relearn = write_overlay(workflow_copy, small + ["train.lr=0.002"], "lr.yaml")
-    assert planned_jobs(snakemake(workflow_copy, "--configfile", relearn, "-n")) == {"train": 1, "all": 1}
+    assert planned_jobs(snakemake(workflow_copy, "--configfile", relearn, "-n")) == {"train": 1, **MODEL_READERS,
+                                                                                     "all": 1}
     # The demo's seed changes everything downstream of it.
     reseeded = write_overlay(workflow_copy, small + ["demo.seed=5"], "seed.yaml")
     assert planned_jobs(snakemake(workflow_copy, "--configfile", reseeded, "-n")).get("demo_dataset") == 1
