@@ -121,6 +121,47 @@ def cmd_text_nearest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train (or resume) as the train rule does: CPU, or torchrun over ``train.gpus`` GPUs."""
+    from giblet import paths
+    from giblet.train.launch import launch
+
+    config = load_config(args.config, args.overrides)
+    manifest = args.manifest or str(paths.dataset(config)["manifest"])
+    return launch(manifest, str(paths.train(config)["model"].parent), config["train"])
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Every evaluation rule in order (verification first: a bad model stops here), same outputs."""
+    from giblet import paths
+    from giblet.evaluate.evaluate import evaluate
+    from giblet.evaluate.lesion import lesion
+    from giblet.evaluate.reconstructions import plot_reconstructions
+    from giblet.evaluate.ridge import write_ridge_baseline
+    from giblet.evaluate.training_summary import training_summary
+    from giblet.evaluate.verify import verify_checkpoint
+    from giblet.evaluate.weights import examine_weights
+
+    config = load_config(args.config, args.overrides)
+    train, out, ev = paths.train(config), paths.evaluate(config), config["evaluate"]
+    model = args.model or str(train["model"])
+    manifest = args.manifest or str(paths.dataset(config)["manifest"])
+    verify_checkpoint(model, manifest, out["verify"])
+    latest = train["latest_checkpoint"]
+    examine_weights(model, out["weights_json"], out["weights_png"], latest if latest.exists() else None)
+    evaluate(model, manifest, out["metrics"].parent, reliable_threshold=ev["reliable_threshold"],
+             n_null=ev["null_shifts"], device=ev["device"])
+    write_ridge_baseline(manifest, out["ridge"], reliable_threshold=ev["reliable_threshold"], n_null=ev["null_shifts"])
+    plot_reconstructions(model, manifest, out["reconstructions"][0].parent, n_examples=ev["examples"],
+                         reliable_ceiling=ev["reliable_threshold"], device=ev["device"])
+    lesion(model, manifest, out["lesion_json"], out["lesion_png"], regions=ev["lesion_regions"] or None,
+           device=ev["device"])
+    if train["history"].exists():
+        training_summary(train["history"], out["training_png"])
+    print(out["metrics"].parent.parent)
+    return 0
+
+
 def _add_stage(sub, name: str, func, help: str, inputs: tuple[str, ...]) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help)
     _add_config_args(p)
@@ -155,6 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stage(sub, "audio", cmd_audio, "EnCodec audio codes per TR (rule encode_audio)", ("movie",))
     _add_stage(sub, "text", cmd_text, "CLIP embeddings of the annotations per TR (rule embed_text)",
                ("annotations", "movie"))
+
+    p = sub.add_parser("train", help="train or resume the model (rule train; GPUs per train.gpus)")
+    _add_config_args(p)
+    p.add_argument("--manifest", metavar="PATH", help="dataset manifest (default: from the config)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="verify, examine, score and plot a trained model (the evaluation rules)")
+    _add_config_args(p)
+    p.add_argument("--model", metavar="PATH", help="model.pt (default: <results_dir>/train/model.pt)")
+    p.add_argument("--manifest", metavar="PATH", help="dataset manifest (default: from the config)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("frames-preview", help="frames.npy back to a PNG grid (one row per TR), mp4 or GIF")
     p.add_argument("frames", metavar="FRAMES_NPY")

@@ -59,3 +59,14 @@ def test_inverse_commands_on_generated_stimulus(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["TR 0 slot 0\t1.000 a car", "TR 0 slot 1\t(empty slot)",
                                           "TR 1 slot 0\t1.000 a cat", "TR 1 slot 1\t0.994 a dog"]
+
+
+def test_train_and_evaluate_commands_fail_clearly(tmp_path):
+    """Asking for GPUs that are not there, or evaluating a model that is not there: exit 2, one line."""
+    result = run_giblet("train", "--set", "train.gpus=2", "--set", f"results_dir={tmp_path}",
+                        env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 2 and "train.gpus is 2 but this job sees 0 GPU(s)" in result.stderr
+    missing = tmp_path / "nothing" / "model.pt"
+    result = run_giblet("evaluate", "--model", str(missing), "--set", f"results_dir={tmp_path}")
+    assert result.returncode == 2 and str(missing) in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "evaluate" / "verify.json").exists()

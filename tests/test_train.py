@@ -214,12 +214,13 @@ def test_early_stopping_stops_both_ranks_at_the_same_step(bundle, tmp_path):
 
 
 def test_asking_for_more_gpus_than_visible_fails_before_training(bundle, tmp_path, monkeypatch):
+    from giblet.config import ConfigError
     from giblet.train.launch import launch, training_command
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    with pytest.raises(RuntimeError, match=r"train.gpus is 2 but this job sees 0 GPU\(s\) \(CUDA_VISIBLE_DEVICES=''\)"):
+    with pytest.raises(ConfigError, match=r"train.gpus is 2 but this job sees 0 GPU\(s\) \(CUDA_VISIBLE_DEVICES=''\)"):
         launch(str(bundle), str(tmp_path), {**PARAMS, "gpus": 2, "device": "auto"})
-    with pytest.raises(RuntimeError, match="train.device is 'cuda' but train.gpus is 0"):
+    with pytest.raises(ConfigError, match="train.device is 'cuda' but train.gpus is 0"):
         launch(str(bundle), str(tmp_path), {**PARAMS, "gpus": 0, "device": "cuda"})
     assert not any(tmp_path.iterdir())  # nothing started, nothing written
     command = training_command("m.json", "out", {"gpus": 4}, 4)

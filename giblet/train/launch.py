@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from giblet.config import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -23,7 +25,7 @@ def check_gpus(requested: int, visible: int) -> None:
     if requested > visible:
         shown = os.environ.get("CUDA_VISIBLE_DEVICES")
         where = f"CUDA_VISIBLE_DEVICES={shown!r}" if shown is not None else "CUDA_VISIBLE_DEVICES is not set"
-        raise RuntimeError(
+        raise ConfigError(
             f"train.gpus is {requested} but this job sees {visible} GPU(s) ({where}). Lower train.gpus "
             "(0 trains on the CPU), or run where that many GPUs are visible")
 
@@ -46,11 +48,11 @@ def launch(manifest: str, out_dir: str, params: dict) -> int:
     gpus = int(params.get("gpus", 0))
     if gpus == 0:
         if params.get("device", "auto") == "cuda":
-            raise RuntimeError("train.device is 'cuda' but train.gpus is 0: request GPUs with train.gpus")
+            raise ConfigError("train.device is 'cuda' but train.gpus is 0: request GPUs with train.gpus")
         params = {**params, "device": "cpu"}  # no GPU was reserved for this job: do not take one
     else:
         if params.get("device", "auto") == "cpu":
-            raise RuntimeError(f"train.gpus is {gpus} but train.device is 'cpu'")
+            raise ConfigError(f"train.gpus is {gpus} but train.device is 'cpu'")
         check_gpus(gpus, torch.cuda.device_count())
         params = {**params, "device": "cuda"}
     command = training_command(manifest, out_dir, params, gpus)
