@@ -193,6 +193,7 @@ def test_two_gloo_ranks_resume_bitwise_after_sigkill(bundle, tmp_path):
     assert "resumed at step 4" in resumed.stderr  # the last save before step 5 (every 2 steps)
     # Two ranks see different data and dropout: the result must differ from one process.
     single = run_training(bundle, tmp_path / "single")
+    assert single.returncode == 0, single.stderr
     assert not same(final_state(tmp_path / "whole")["model"], final_state(tmp_path / "single")["model"])
 
 
