@@ -116,6 +116,16 @@ def test_demo_through_snakemake_and_only_stale_stages_rerun(workflow_copy):
     relearn = write_overlay(workflow_copy, small + ["train.lr=0.002"], "lr.yaml")
     assert planned_jobs(snakemake(workflow_copy, "--configfile", relearn, "-n")) == {"train": 1, **MODEL_READERS,
                                                                                      "all": 1}
+    # An fMRI normalization parameter reruns the z-scoring and everything after it: not the mask, the
+    # split or any stimulus feature.
+    renormalized = write_overlay(workflow_copy, small + ["fmri.normalize_on=all"], "norm.yaml")
+    assert planned_jobs(snakemake(workflow_copy, "--configfile", renormalized, "-n")) == {
+        "normalize_fmri": 3, "average_fmri": 1, "assemble_dataset": 1, "train": 1, "baseline_ridge": 1,
+        **MODEL_READERS, "all": 1}
+    # A figure option reruns that figure only.
+    replotted = write_overlay(workflow_copy, small + ["evaluate.examples=3"], "plot.yaml")
+    assert planned_jobs(snakemake(workflow_copy, "--configfile", replotted, "-n")) == {
+        "plot_reconstructions": 1, "all": 1}
     # The demo's seed changes everything downstream of it.
     reseeded = write_overlay(workflow_copy, small + ["demo.seed=5"], "seed.yaml")
     assert planned_jobs(snakemake(workflow_copy, "--configfile", reseeded, "-n")).get("demo_dataset") == 1

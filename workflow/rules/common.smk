@@ -39,3 +39,8 @@ def kept_subjects_z(wildcards):
     with open(checkpoints.fmri_mask.get().output.info) as f:
         kept = json.load(f)["subjects"]
     return expand(FMRI["z"], subject=kept)
+
+
+def evaluate_params(*keys):
+    """Only the evaluate keys a rule reads, so that changing one reruns only the rules that use it."""
+    return {key: config["evaluate"][key] for key in keys}

@@ -48,7 +48,7 @@ rule evaluate:
         r_map=EVALUATE["r_map"],
         png=report(EVALUATE["r_map_png"], caption="../report/r_map.rst", category="Brain prediction"),
     params:
-        evaluate=config["evaluate"],
+        evaluate=evaluate_params("reliable_threshold", "null_shifts", "device"),
         code=EVAL_CODE,
     log:
         f"{LOGS}/evaluate.log",
@@ -63,7 +63,7 @@ rule baseline_ridge:
     output:
         ridge=EVALUATE["ridge"],
     params:
-        evaluate=config["evaluate"],
+        evaluate=evaluate_params("reliable_threshold", "null_shifts"),
         code=source_hash("evaluate/ridge.py", "evaluate/metrics.py"),
     log:
         f"{LOGS}/baseline_ridge.log",
@@ -81,7 +81,7 @@ rule plot_reconstructions:
         figures=[report(p, caption="../report/reconstructions.rst", category="Reconstructions")
                  for p in EVALUATE["reconstructions"]],
     params:
-        evaluate=config["evaluate"],
+        evaluate=evaluate_params("examples", "reliable_threshold", "device"),
         code=EVAL_CODE,
     log:
         f"{LOGS}/plot_reconstructions.log",

@@ -14,7 +14,8 @@ checkpoint fmri_mask:
         info=FMRI["info"],
     params:
         bold=BOLD,
-        fmri=config["fmri"],
+        # Only what the mask depends on: a normalization change must not rerun it.
+        fmri={key: config["fmri"][key] for key in ("mask", "majority_fraction", "short_subjects")},
         tr=config["tr"],
         code=source_hash("fmri/inputs.py", "fmri/mask.py"),
     log:
