@@ -28,7 +28,7 @@ from giblet.errors import InputError
 from giblet.evaluate import metrics as M
 from giblet.evaluate.evaluate import jsonable, load_ceiling, load_checked
 from giblet.evaluate.figures import evenly_spaced, new_figure, save_figure, table_figure, wrap_lines
-from giblet.files import atomic_output_dir, read_sidecar, sha256_file
+from giblet.files import atomic_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -84,37 +84,13 @@ def _plot_video(frames, true, picks, stim_trs, tr: float, metrics: dict, note: s
 # Audio
 
 
-def _encodec_for(codes_npy: Path, device: str):
-    """Rebuild the EnCodec model that made ``codes_npy`` from its sidecar. Raises on any problem."""
-    from giblet.stimulus.audio import load_audio, load_encodec
-
-    sidecar = read_sidecar(codes_npy)
-    record, params = sidecar["models"]["encodec"], sidecar.get("parameters", {})
-    for key in ("weights", "bandwidth", "seed", "weights_id"):
-        if key not in record:
-            raise InputError(codes_npy.with_suffix(".json"), f"sidecar lacks models.encodec.{key}")
-    seeding_audio = None
-    if record["weights"] == "demo-random":
-        movie = Path(sidecar["sources"]["movie"]["path"])
-        if not movie.is_file() or sha256_file(movie) != sidecar["sources"]["movie"]["sha256"]:
-            raise InputError(movie, f"the demo-random codebooks of {codes_npy} are seeded from this movie, "
-                                    "which is missing or changed since encoding")
-        seeding_audio = load_audio(movie)
-    model, weights_id = load_encodec(record["weights"], record["bandwidth"], device, record["seed"],
-                                     seeding_audio, weights_sha256=params.get("weights_sha256"))
-    if weights_id != record["weights_id"]:
-        raise InputError(codes_npy, f"was encoded with EnCodec weights {record['weights_id']!r} "
-                                    f"but the weights now load as {weights_id!r}")
-    return model, weights_id
-
-
 def _decode_wavs(manifest: dict, true_codes: np.ndarray, decoded_codes: np.ndarray, device: str):
     """(wav from decoded codes, wav from true codes, weights id) or (None, None, reason)."""
-    from giblet.stimulus.audio import decode
+    from giblet.stimulus.audio import decode, encodec_from_sidecar
 
     codes_npy = Path(manifest["arrays"]["audio_codes"]["path"])
     try:
-        model, weights_id = _encodec_for(codes_npy, device)
+        model, weights_id = encodec_from_sidecar(codes_npy, device)
     except Exception as error:  # any failure to rebuild the weights: no wav, but the figures still come
         reason = f"EnCodec weights for {codes_npy} could not be rebuilt: {type(error).__name__}: {error}"
         log.warning("skipping decoded.wav: %s", reason)

@@ -295,18 +295,18 @@ def encode_audio(movie: Path, out_npy: Path, tr: float, params: dict, progress: 
     return out_npy
 
 
-def decode_audio(codes_npy: Path, out_wav: Path, device: str = "auto") -> Path:
-    """Decode a codes file from ``encode_audio`` to a 24 kHz 16-bit wav, with the same model.
+def encodec_from_sidecar(codes_npy: Path, device: str):
+    """Rebuild the EnCodec model that made ``codes_npy`` from its sidecar -> (model, weights id).
 
-    The model is rebuilt from the sidecar; for ``demo-random`` the codebooks are re-seeded from the
-    source movie, which must still have the SHA-256 recorded at encoding time.
+    For ``demo-random`` the codebooks are re-seeded from the source movie, which must still have the
+    SHA-256 recorded at encoding time. Raises InputError naming the file on any mismatch.
     """
-    codes_npy, out_wav = Path(codes_npy), Path(out_wav)
-    if not codes_npy.is_file():
-        raise InputError(codes_npy, "codes file not found")
+    codes_npy = Path(codes_npy)
     sidecar = read_sidecar(codes_npy)
-    record, params = sidecar["models"]["encodec"], sidecar["parameters"]
-    device = resolve_device(device)
+    record, params = sidecar["models"]["encodec"], sidecar.get("parameters", {})
+    for key in ("weights", "bandwidth", "seed", "weights_id"):
+        if key not in record:
+            raise InputError(codes_npy.with_suffix(".json"), f"sidecar lacks models.encodec.{key}")
     seeding_audio = None
     if record["weights"] == "demo-random":
         movie = Path(sidecar["sources"]["movie"]["path"])
@@ -319,6 +319,20 @@ def decode_audio(codes_npy: Path, out_wav: Path, device: str = "auto") -> Path:
     if weights_id != record["weights_id"]:
         raise InputError(codes_npy, f"was encoded with EnCodec weights {record['weights_id']!r} "
                                     f"but the weights now load as {weights_id!r}")
+    return model, weights_id
+
+
+def decode_audio(codes_npy: Path, out_wav: Path, device: str = "auto") -> Path:
+    """Decode a codes file from ``encode_audio`` to a 24 kHz 16-bit wav, with the same model.
+
+    The model is rebuilt from the sidecar; for ``demo-random`` the codebooks are re-seeded from the
+    source movie, which must still have the SHA-256 recorded at encoding time.
+    """
+    codes_npy, out_wav = Path(codes_npy), Path(out_wav)
+    if not codes_npy.is_file():
+        raise InputError(codes_npy, "codes file not found")
+    device = resolve_device(device)
+    model, _ = encodec_from_sidecar(codes_npy, device)
     codes = np.load(codes_npy)
     wav = decode(model, codes, device)
     with atomic_output_dir(out_wav.parent) as tmp:
