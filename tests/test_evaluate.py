@@ -222,41 +222,21 @@ def test_r_map_round_trip(tiny_mask, tmp_path):
 
 # -- evaluate() end to end ----------------------------------------------------------------------------
 
-N_TRS, N_VOXELS = 60, 30
+N_VOXELS = 30
 
 
 def make_bundle(root: Path, ceiling: bool = True, truth: bool = False, test: bool = True) -> Path:
-    """A small manifest with all four modalities (as in tests/test_train.py), plus ceiling/truth files."""
-    from giblet.config import load_config
-    from giblet.data.assemble import assemble_dataset
-    from giblet.files import write_json, write_sidecar
-    from giblet.splits import plan_split
+    """A small manifest with all four modalities (tests/bundles.py), plus ceiling/truth files."""
+    from tests.bundles import write_bundle
 
-    rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
-    frames = rng.integers(0, 256, (N_TRS, 2, 18, 32, 3), dtype=np.uint8)
-    codes = rng.integers(0, 64, (N_TRS, 4, 16)).astype(np.int16)
-    text = rng.standard_normal((N_TRS, 2, 16)).astype(np.float32)
-    mask = rng.random((N_TRS, 2)) > 0.3
-    text[~mask] = 0
-    fmri = rng.standard_normal((N_TRS, N_VOXELS)).astype(np.float32)
-    for name, array in (("frames", frames), ("audio_codes", codes), ("text", text), ("text_mask", mask),
-                        ("group", fmri)):
-        np.save(root / f"{name}.npy", array)
-    write_sidecar(root / "audio_codes.npy", codes, {}, {}, models={"encodec": {"codebook_size": 64}})
-    nib.save(nib.Nifti1Image(np.ones((N_VOXELS, 1, 1), np.uint8), np.diag([2.0, 2.0, 2.0, 1.0])),
-             root / "mask.nii.gz")
     ceiling_values = np.linspace(0, 0.9, N_VOXELS).astype(np.float32)
     np.savez(root / "ceiling.npz", group=ceiling_values, isc=ceiling_values**2)
     np.savez(root / "truth.npz", ceiling_group=ceiling_values, region=(np.arange(N_VOXELS) % 2).astype(np.int8),
              region_names=np.array(["null", "visual"]))
-    fractions = "{train: 0.6, val: 0.2, test: 0.2}" if test else "{train: 0.7, val: 0.3, test: 0}"
-    split_params = load_config(None, ["split.lag_trs=4", f"split.fractions={fractions}"])["split"]
-    write_json(root / "split.json", plan_split(N_TRS, N_TRS, split_params).to_dict())
-    assemble_dataset({k: root / f"{k}.npy" for k in ("frames", "audio_codes", "text", "text_mask")},
-                     root / "group.npy", root / "mask.nii.gz", root / "split.json", root / "manifest.json", tr=1.5,
-                     ceiling=root / "ceiling.npz" if ceiling else None, truth=root / "truth.npz" if truth else None)
-    return root / "manifest.json"
+    return write_bundle(root, N_VOXELS, zscore=False, affine=np.diag([2.0, 2.0, 2.0, 1.0]),
+                        fractions="{train: 0.6, val: 0.2, test: 0.2}" if test else "{train: 0.7, val: 0.3, test: 0}",
+                        ceiling=root / "ceiling.npz" if ceiling else None, truth=root / "truth.npz" if truth else None)
 
 
 def save_model(manifest_path: Path, out: Path, n_voxels: int | None = None) -> Path:

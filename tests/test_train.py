@@ -9,46 +9,30 @@ import sys
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
-from giblet.config import load_config
-from giblet.data.assemble import assemble_dataset
-from giblet.files import write_json, write_sidecar
-from giblet.splits import plan_split
 from giblet.train.loop import EXIT_RESUME, TIMING_KEYS
+from tests.bundles import write_bundle
 
-N_TRS, N_VOXELS = 60, 50
+N_VOXELS = 50
 PARAMS = {"preset": "tiny", "epochs": 3, "batch_size": 4, "grad_accum": 2, "optimizer": "adamw8bit",
           "dropout": 0.2, "warmup_steps": 2, "device": "cpu", "early_stopping_patience": 0, "histogram_every_steps": 3,
           "checkpoint": {"every_steps": 2, "every_minutes": None, "keep_rolling": 2}}
 
 
+def brightness_fmri(rng: np.random.Generator, frames: np.ndarray, n_voxels: int) -> np.ndarray:
+    """The fMRI follows the frames' brightness with a delay, plus noise."""
+    brightness = frames.mean(axis=(1, 2, 3, 4))
+    drive = np.convolve((brightness - brightness.mean()) / brightness.std(), [0, 0.5, 1, 0.5], mode="full")
+    drive = drive[:len(frames)]
+    return np.outer(drive, rng.standard_normal(n_voxels)) + 0.5 * rng.standard_normal((len(frames), n_voxels))
+
+
 def make_bundle(root: Path) -> Path:
     """All four modalities, small; the fMRI follows the frames' brightness with a delay."""
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    frames = rng.integers(0, 256, (N_TRS, 2, 18, 32, 3), dtype=np.uint8)
-    codes = rng.integers(0, 64, (N_TRS, 4, 16)).astype(np.int16)
-    text = rng.standard_normal((N_TRS, 2, 16)).astype(np.float32)
-    mask = rng.random((N_TRS, 2)) > 0.3
-    text[~mask] = 0
-    brightness = frames.mean(axis=(1, 2, 3, 4))
-    drive = np.convolve((brightness - brightness.mean()) / brightness.std(), [0, 0.5, 1, 0.5], mode="full")[:N_TRS]
-    fmri = (np.outer(drive, rng.standard_normal(N_VOXELS)) + 0.5 * rng.standard_normal((N_TRS, N_VOXELS)))
-    fmri = ((fmri - fmri.mean(0)) / fmri.std(0)).astype(np.float32)
-    for name, array in (("frames", frames), ("audio_codes", codes), ("text", text), ("text_mask", mask),
-                        ("group", fmri)):
-        np.save(root / f"{name}.npy", array)
-    write_sidecar(root / "audio_codes.npy", codes, {}, {}, models={"encodec": {"codebook_size": 64}})
-    nib.save(nib.Nifti1Image(np.ones((N_VOXELS, 1, 1), np.uint8), np.eye(4)), root / "mask.nii.gz")
-    split_params = load_config(None, ["split.lag_trs=4", "split.fractions={train: 0.6, val: 0.2, test: 0.2}"])["split"]
-    write_json(root / "split.json", plan_split(N_TRS, N_TRS, split_params).to_dict())
-    assemble_dataset({k: root / f"{k}.npy" for k in ("frames", "audio_codes", "text", "text_mask")},
-                     root / "group.npy", root / "mask.nii.gz", root / "split.json", root / "manifest.json", tr=1.5)
-    return root / "manifest.json"
+    return write_bundle(root, N_VOXELS, brightness_fmri)
 
 
 @pytest.fixture(scope="module")

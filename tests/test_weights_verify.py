@@ -12,46 +12,24 @@ import json
 import shutil
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 import torch
 
-from giblet.config import load_config
-from giblet.data.assemble import assemble_dataset
 from giblet.errors import InputError
 from giblet.evaluate.verify import verify_checkpoint
 from giblet.evaluate.weights import examine_weights
-from giblet.files import sha256_file, write_json, write_sidecar
+from giblet.files import sha256_file
 from giblet.model import BrainAutoencoder
-from giblet.splits import plan_split
+from tests.bundles import write_bundle
 
-N_TRS, N_VOXELS = 60, 50
+N_VOXELS = 50
 TRAIN = {"preset": "tiny", "epochs": 1, "batch_size": 4, "device": "cpu", "optimizer": "adamw8bit",
          "checkpoint": {"every_steps": None, "every_minutes": None, "keep_rolling": 1}}
 
 
 def make_bundle(root: Path) -> Path:
-    """All four modalities, small (as tests/test_train.py); returns the manifest path."""
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    frames = rng.integers(0, 256, (N_TRS, 2, 18, 32, 3), dtype=np.uint8)
-    codes = rng.integers(0, 64, (N_TRS, 4, 16)).astype(np.int16)
-    text = rng.standard_normal((N_TRS, 2, 16)).astype(np.float32)
-    mask = rng.random((N_TRS, 2)) > 0.3
-    text[~mask] = 0
-    fmri = rng.standard_normal((N_TRS, N_VOXELS))
-    fmri = ((fmri - fmri.mean(0)) / fmri.std(0)).astype(np.float32)
-    for name, array in (("frames", frames), ("audio_codes", codes), ("text", text), ("text_mask", mask),
-                        ("group", fmri)):
-        np.save(root / f"{name}.npy", array)
-    write_sidecar(root / "audio_codes.npy", codes, {}, {}, models={"encodec": {"codebook_size": 64}})
-    nib.save(nib.Nifti1Image(np.ones((N_VOXELS, 1, 1), np.uint8), np.eye(4)), root / "mask.nii.gz")
-    split_params = load_config(None, ["split.lag_trs=4", "split.fractions={train: 0.6, val: 0.2, test: 0.2}"])["split"]
-    write_json(root / "split.json", plan_split(N_TRS, N_TRS, split_params).to_dict())
-    assemble_dataset({k: root / f"{k}.npy" for k in ("frames", "audio_codes", "text", "text_mask")},
-                     root / "group.npy", root / "mask.nii.gz", root / "split.json", root / "manifest.json", tr=1.5)
-    return root / "manifest.json"
+    """All four modalities, small, random fMRI; returns the manifest path."""
+    return write_bundle(root, N_VOXELS)
 
 
 def model_dict(model: BrainAutoencoder, manifest_path: Path, steps: int = 0) -> dict:
