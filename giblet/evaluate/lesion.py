@@ -36,6 +36,7 @@ from giblet.evaluate.evaluate import jsonable, load_checked
 from giblet.evaluate.figures import new_figure, save_figure
 from giblet.evaluate.load import predict
 from giblet.files import write_json
+from giblet.fmri.nifti import load_mask, read_mask_nifti
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +70,6 @@ def regions_from_truth(manifest: dict, manifest_path: str | Path) -> dict[str, n
 
 def regions_from_masks(manifest: dict, regions: dict[str, str | Path]) -> dict[str, np.ndarray]:
     """{name: bool (V,)} from NIfTI masks on the manifest mask's grid (InputError naming a file that is not)."""
-    import nibabel as nib
-
-    from giblet.fmri.nifti import load_mask
-
     mask_path = Path(manifest["arrays"]["mask"]["path"])
     if not mask_path.is_file():
         raise InputError(mask_path, "the dataset's fMRI mask is missing")
@@ -82,15 +79,7 @@ def regions_from_masks(manifest: dict, regions: dict[str, str | Path]) -> dict[s
     out = {}
     for name, path in regions.items():
         path = Path(path)
-        if not path.is_file():
-            raise InputError(path, f"region mask '{name}' not found")
-        try:
-            image = nib.load(path)
-            data = np.asarray(image.dataobj)
-        except Exception as error:
-            raise InputError(path, f"cannot be read as a NIfTI mask ({type(error).__name__}: {error})") from None
-        if data.ndim == 4 and data.shape[3] == 1:
-            data = data[..., 0]
+        data, image = read_mask_nifti(path, f"region mask '{name}' not found")
         if data.shape != mask.shape or not np.allclose(image.affine, mask_image.affine, atol=1e-4):
             raise InputError(path, f"region mask '{name}' has grid {data.shape} and affine "
                                    f"{np.round(image.affine, 3).tolist()}, the data mask {mask_path} has "

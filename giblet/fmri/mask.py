@@ -29,6 +29,7 @@ import numpy as np
 from giblet.errors import InputError
 from giblet.files import atomic_output_dir, write_json
 from giblet.fmri.inputs import check_bold_inputs, iter_chunks, load_bold
+from giblet.fmri.nifti import read_mask_nifti
 
 log = logging.getLogger(__name__)
 
@@ -80,18 +81,8 @@ def mni_mask(info: dict) -> np.ndarray:
 def given_mask(path: Path, info: dict) -> np.ndarray:
     """A user's mask NIfTI (non-zero = in) on the data grid (x, y, z) bool; resampled if needed."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "mask file not found (fmri.mask is neither intersection, majority, mni "
-                               "nor an existing file)")
-    try:
-        image = nib.load(path)
-        data = np.asarray(image.dataobj)
-    except Exception as err:
-        raise InputError(path, f"cannot read mask as NIfTI ({type(err).__name__}: {err})") from err
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise InputError(path, f"a mask must be 3-D, got shape {data.shape}")
+    data, image = read_mask_nifti(path, "mask file not found (fmri.mask is neither intersection, majority, "
+                                        "mni nor an existing file)")
     affine = np.asarray(info["affine"])
     if list(data.shape) == list(info["shape"]) and np.allclose(image.affine, affine, atol=1e-4):
         return np.nan_to_num(data) > 0

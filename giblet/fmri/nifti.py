@@ -12,6 +12,29 @@ import nibabel as nib
 import numpy as np
 
 
+def read_mask_nifti(path: str | Path, not_found: str) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """A user-given mask file: its 3-D data (a trailing singleton 4th axis dropped) and its image.
+
+    Raises InputError naming the file when it is missing (with ``not_found`` as the problem),
+    unreadable as NIfTI, or not 3-D.
+    """
+    from giblet.errors import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, not_found)
+    try:
+        image = nib.load(path)
+        data = np.asarray(image.dataobj)
+    except Exception as error:
+        raise InputError(path, f"cannot be read as a NIfTI mask ({type(error).__name__}: {error})") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputError(path, f"a mask must be 3-D, got shape {data.shape}")
+    return data, image
+
+
 def load_mask(mask_path: str | Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     """The mask as a 3-D bool array (non-zero = in), and its image (for affine and header)."""
     image = nib.load(mask_path)
