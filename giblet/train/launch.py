@@ -30,6 +30,23 @@ def check_gpus(requested: int, visible: int) -> None:
             "(0 trains on the CPU), or run where that many GPUs are visible")
 
 
+def granted_gpus(requested: int, granted: int) -> int:
+    """How many GPU processes to start when the config asks for ``requested`` and Snakemake granted
+    ``granted`` (it caps a job's ``gpus`` at ``--resources gpus=N``, as it caps threads at --cores).
+
+    Fewer than requested is honoured with a warning (the global batch shrinks: batch_size is per
+    GPU); none at all for a GPU config is an error, never a silent week on the CPU.
+    """
+    if requested > 0 and granted == 0:
+        raise ConfigError(
+            f"train.gpus is {requested} but Snakemake granted this job 0 GPUs (--resources gpus=0). "
+            f"Run with --resources gpus={requested}, or set train.gpus: 0 to train on the CPU")
+    if granted < requested:
+        log.warning("train.gpus is %d but --resources gpus=%d: training with %d processes (the global batch "
+                    "is %d x batch_size, not %d x)", requested, granted, granted, granted, requested)
+    return min(requested, granted)
+
+
 def training_command(manifest: str, out_dir: str, params: dict, gpus: int) -> list[str] | None:
     """The ``torchrun`` command for ``gpus`` > 1 processes, or None to train in this process."""
     if gpus <= 1:

@@ -35,14 +35,13 @@ from giblet.model import BrainAutoencoder, losses
 from giblet.train import distributed as dist
 from giblet.train.checkpoint import CheckpointManager
 from giblet.train.monitor import Monitor
+from giblet.train.params import learning_params
 from giblet.train.sampler import ResumableSampler
 
 log = logging.getLogger(__name__)
 
 # Exit status after a signal: the checkpoint is saved, rerun to resume (BSD EX_TEMPFAIL).
 EXIT_RESUME = 75
-# Parameters that do not change what is learned: editing them resumes instead of starting over.
-UNHASHED = ("checkpoint", "device", "hold_on_device", "tensorboard_every_steps", "histogram_every_steps")
 # History entries that measure the machine, not the training (they differ between identical runs).
 TIMING_KEYS = ("samples_per_s", "step_time_s")
 
@@ -57,8 +56,7 @@ def config_hash(params: dict, manifest_sha256: str, model_config: dict) -> str:
     """What a checkpoint must match to be resumed: the learning parameters, the data, and the model's
     full configuration (a code change that alters the architecture or the decoding target must not
     silently continue from weights trained for another one)."""
-    learning = {k: v for k, v in params.items() if k not in UNHASHED}
-    blob = json.dumps([learning, manifest_sha256, model_config], sort_keys=True)
+    blob = json.dumps([learning_params(params), manifest_sha256, model_config], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

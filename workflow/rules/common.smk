@@ -2,6 +2,7 @@
 from giblet import paths
 from giblet.config import validate_config
 from giblet.files import source_hash
+from giblet.train.params import rule_params as train_rule_params
 
 # Validates with snakemake.utils.validate against workflow/schemas/config.schema.yaml, fills in
 # defaults, and names any unknown or mistyped key (with the closest known key).
@@ -44,3 +45,8 @@ def kept_subjects_z(wildcards):
 def evaluate_params(*keys):
     """Only the evaluate keys a rule reads, so that changing one reruns only the rules that use it."""
     return {key: config["evaluate"][key] for key in keys}
+
+
+def gpus_for(device):
+    """A rule whose model can run on a GPU reserves one (resources gpus/gpu) unless told `cpu`."""
+    return 0 if device == "cpu" else 1

@@ -50,6 +50,9 @@ rule evaluate:
     params:
         evaluate=evaluate_params("reliable_threshold", "null_shifts", "device"),
         code=EVAL_CODE,
+    resources:
+        gpus=gpus_for(config["evaluate"]["device"]),
+        gpu=gpus_for(config["evaluate"]["device"]),
     log:
         f"{LOGS}/evaluate.log",
     script:
@@ -83,6 +86,9 @@ rule plot_reconstructions:
     params:
         evaluate=evaluate_params("examples", "reliable_threshold", "device"),
         code=EVAL_CODE,
+    resources:
+        gpus=gpus_for(config["evaluate"]["device"]),
+        gpu=gpus_for(config["evaluate"]["device"]),
     log:
         f"{LOGS}/plot_reconstructions.log",
     script:

@@ -32,6 +32,9 @@ rule encode_audio:
         tr=config["tr"],
         code=source_hash("stimulus/audio.py", "stimulus/encodec_weights.py", "stimulus/media.py", "timing.py"),
     threads: 4
+    resources:
+        gpus=gpus_for(config["stimulus"]["audio"]["device"]),
+        gpu=gpus_for(config["stimulus"]["audio"]["device"]),
     log:
         f"{LOGS}/encode_audio.log",
     script:
@@ -53,6 +56,9 @@ rule embed_text:
         tr=config["tr"],
         code=source_hash("stimulus/text.py", "stimulus/annotations.py", "stimulus/media.py", "timing.py"),
     threads: 4
+    resources:
+        gpus=gpus_for(config["stimulus"]["text"]["device"]),
+        gpu=gpus_for(config["stimulus"]["text"]["device"]),
     log:
         f"{LOGS}/embed_text.log",
     script:

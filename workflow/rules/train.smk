@@ -1,10 +1,12 @@
-# Training: one process per GPU under torchrun (train.gpus), or one CPU process (train.gpus: 0).
+# Training: one process per GPU under torchrun, or one CPU process (train.gpus: 0).
 
 
 rule train:
     """Train (or resume) the brain autoencoder. The checkpoint directory is deliberately not an
-    output: Snakemake deletes a failed job's outputs, and resume state must survive. Exit status 75
-    means "checkpoint saved after a signal"; `retries` reruns the job, which resumes."""
+    output: Snakemake deletes a failed job's outputs, and resume state must survive. A job stopped by
+    a signal (Ctrl-C, a SLURM time limit's USR1, preemption's TERM) saves a checkpoint and exits 75;
+    `retries` reruns it and the rerun resumes. Only the top-level Snakemake retries: inside a SLURM
+    job the retry would start again in an allocation that is about to end."""
     input:
         manifest=DATASET["manifest"],
     output:
@@ -12,12 +14,14 @@ rule train:
         history=TRAIN["history"],
         tensorboard=directory(TRAIN["tensorboard"]),
     params:
-        train=config["train"],
+        # Only keys that change the weights: a checkpoint interval or a TensorBoard option does not
+        # retrain. The script reads the whole section from the config.
+        learning=train_rule_params(config["train"]),
         code=source_hash("model", "train", "data/samples.py"),
     resources:
-        gpus=config["train"]["gpus"],  # local scheduling: --resources gpus=N
-        gpu=config["train"]["gpus"],  # what the SLURM executor requests
-    retries: 3
+        gpus=config["train"]["gpus"],  # local scheduling: --resources gpus=N caps it (one process per GPU)
+        gpu=config["train"]["gpus"],  # what the SLURM executor requests (--gpus)
+    retries: 0 if workflow.remote_exec else config["train"]["restarts"]
     log:
         f"{LOGS}/train.log",
     script:
