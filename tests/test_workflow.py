@@ -3,12 +3,15 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+import giblet
 
 from tests.conftest import SMALL_DEMO
 
@@ -18,10 +21,18 @@ MODEL_READERS = {"verify_checkpoint": 1, "examine_weights": 1, "evaluate": 1, "p
                  "lesion": 1, "training_summary": 1}
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    if pythonpath:  # ahead of the editable install: Snakemake imports the giblet found there
+        env["PYTHONPATH"] = str(pythonpath)
     return subprocess.run([*SNAKEMAKE, "--cores", "2", *args], cwd=workdir, capture_output=True,
                           text=True, env=env, timeout=600)
+
+
+def ran_jobs(result: subprocess.CompletedProcess) -> dict:
+    """Job counts of a real run, from its 'Finished jobid: N (Rule: name)' lines."""
+    names = re.findall(r"^Finished jobid: \d+ \(Rule: (\w+)\)", result.stdout + result.stderr, re.M)
+    return {name: names.count(name) for name in names}
 
 
 def planned_jobs(result: subprocess.CompletedProcess) -> dict:
@@ -126,6 +137,29 @@ def test_demo_through_snakemake_and_only_stale_stages_rerun(workflow_copy):
     replotted = write_overlay(workflow_copy, small + ["evaluate.examples=3"], "plot.yaml")
     assert planned_jobs(snakemake(workflow_copy, "--configfile", replotted, "-n")) == {
         "plot_reconstructions": 1, "all": 1}
+    # Keys that say how training runs, not what it learns, retrain nothing.
+    bookkeeping = write_overlay(workflow_copy, small + ["train.checkpoint.every_steps=7", "train.restarts=9",
+                                                        "train.tensorboard_every_steps=3"], "run.yaml")
+    assert planned_jobs(snakemake(workflow_copy, "--configfile", bookkeeping, "-n")) == {}
+    # One stage's package code changed (average_fmri's, in a copy of the package): that stage and what
+    # depends on it rerun.
+    edited = workflow_copy / "edited"
+    shutil.copytree(Path(giblet.__file__).parent, edited / "giblet", ignore=shutil.ignore_patterns("__pycache__"))
+    with open(edited / "giblet" / "fmri" / "group.py", "a") as f:
+        f.write("\n# an edit\n")
+    assert planned_jobs(snakemake(workflow_copy, "--configfile", overlay, "-n", pythonpath=edited)) == {
+        "average_fmri": 1, "assemble_dataset": 1, "train": 1, "baseline_ridge": 1, **MODEL_READERS, "all": 1}
+    # The movie's content changed: the features and the split rerun, the fMRI stages do not. The dry run
+    # stops at plan_split (a checkpoint), so a real run of it and the fMRI outputs shows what follows.
+    with open(results / "demo" / "movie.mp4", "ab") as f:
+        f.write(b"\0" * 64)  # trailing bytes: a new file as far as Snakemake can tell, still decodable
+    planned = planned_jobs(snakemake(workflow_copy, "--configfile", overlay, "-n"))
+    assert {"extract_frames", "encode_audio", "embed_text", "plan_split", "assemble_dataset", "train"} <= planned.keys()
+    assert not {"demo_dataset", "fmri_mask", "normalize_fmri", "average_fmri"} & planned.keys()
+    fmri_outputs = [str(p.relative_to(workflow_copy)) for p in (results / "fmri").glob("*.np[yz]")]
+    replanned = snakemake(workflow_copy, "results/dataset/split.json", *fmri_outputs, "--configfile", overlay)
+    assert replanned.returncode == 0, replanned.stdout + replanned.stderr
+    assert ran_jobs(replanned) == {"plan_split": 1}
     # The demo's seed changes everything downstream of it.
     reseeded = write_overlay(workflow_copy, small + ["demo.seed=5"], "seed.yaml")
     assert planned_jobs(snakemake(workflow_copy, "--configfile", reseeded, "-n")).get("demo_dataset") == 1

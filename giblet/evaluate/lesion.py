@@ -166,6 +166,10 @@ def _plot(result: dict, path: Path) -> None:
         ax.set_ylabel(f"change in {METRICS[metric][1].split(': ')[1]} (lesioned − intact)")
         ax.set_title(f"{METRICS[metric][1]} (intact {result['intact'][metric]:.3f})", fontsize=10)
         ax.margins(y=0.15)
+        if not names:  # real data without evaluate.lesion_regions: nothing was lesioned
+            ax.set_yticks([])
+            ax.text(0.5, 0.5, "no regions given\n(evaluate.lesion_regions)", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=10)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize=9)
     fig.suptitle(f"Virtual lesions: decoding from the true brain with one region's voxels set to 0 "
@@ -180,13 +184,15 @@ def _plot(result: dict, path: Path) -> None:
 
 def lesion(model_path: str | Path, manifest_path: str | Path, out_json: str | Path, out_png: str | Path,
            regions: dict[str, str | Path] | None = None, n_controls: int = 5, seed: int = 0,
-           device: str = "cpu", batch_size: int = 32) -> dict:
+           device: str = "cpu", batch_size: int = 32, regions_required: bool = True) -> dict:
     """Lesion each region in turn and measure how each modality's decoding degrades on the test split.
 
     Args:
         model_path, manifest_path: ``model.pt`` and the manifest it was trained on.
         out_json, out_png: the results (see the module doc) and their grouped bar chart.
         regions: ``{name: NIfTI mask}`` on the manifest mask's grid; None takes the demo's truth.npz.
+        regions_required: without truth.npz and ``regions`` (real data and no masks), raise an
+            InputError (True) or lesion nothing and report the intact decoding only (False).
         n_controls: random control lesions per region (equal size, voxels outside the region).
         seed: of the control draws.
 
@@ -201,7 +207,14 @@ def lesion(model_path: str | Path, manifest_path: str | Path, out_json: str | Pa
         raise ValueError("n_controls must be at least 1")
     out_json, out_png, device = Path(out_json), Path(out_png), resolve_device(device)
     model, _, manifest, _ = load_checked(model_path, manifest_path, device)
-    masks = regions_from_truth(manifest, manifest_path) if regions is None else regions_from_masks(manifest, regions)
+    if regions is None and "truth" not in manifest["arrays"] and not regions_required:
+        log.warning("no lesion regions (set evaluate.lesion_regions to {name: mask.nii.gz}): only the intact "
+                    "decoding is reported")
+        masks, source = {}, None
+    elif regions is None:
+        masks, source = regions_from_truth(manifest, manifest_path), "truth.npz"
+    else:
+        masks, source = regions_from_masks(manifest, regions), {k: str(v) for k, v in regions.items()}
     # The true stimulus at the TR the decoders reconstruct (model.decode_index), and the intact decoding.
     pred = predict(model, manifest, "test", batch_size=batch_size, device=device)
     n_voxels = manifest["n_voxels"]
@@ -210,8 +223,7 @@ def lesion(model_path: str | Path, manifest_path: str | Path, out_json: str | Pa
     intact = scores(pred.decoded, pred.stimulus)
     result = {"split": "test", "n_samples": int(len(pred.targets)), "model": str(model_path),
               "manifest": str(manifest_path), "decode_index": model.decode_index,
-              "region_source": "truth.npz" if regions is None else
-              {k: str(v) for k, v in regions.items()}, "n_controls": n_controls, "seed": seed,
+              "region_source": source, "n_controls": n_controls, "seed": seed,
               "metrics": {k: {"modality": v[0], "higher_is_better": v[2]} for k, v in METRICS.items()
                           if k in intact},
               "intact": intact, "regions": {}}

@@ -173,19 +173,16 @@ def normalize_subject(bold_path: Path, mask_path: Path, n_trs: int, fit_trs: tup
     return out_npy
 
 
-def normalize_for_split(bold_path: Path, mask_path: Path, info_json: Path, split_json: Path, normalize_on: str,
+def normalize_fitted_on(bold_path: Path, mask_path: Path, info_json: Path, fit: str | list[int],
                         out_npy: Path, out_stats: Path, progress: bool = True) -> Path:
-    """The rule's entry point: fit on the split's training block (``normalize_on: train``) or on all
-    TRs (``all``), over the common length that ``fmri_mask`` settled on."""
+    """The rule's entry point. ``fit`` is ``"all"`` (every TR of the common length that ``fmri_mask``
+    settled on) or ``[start, stop)``, the split's training block (``fmri.normalize_on: train``)."""
     import json
 
     n_trs = json.loads(Path(info_json).read_text())["n_trs"]
-    if normalize_on == "train":
-        fit_trs = tuple(json.loads(Path(split_json).read_text())["ranges"]["train"])
-    elif normalize_on == "all":
-        fit_trs = (0, n_trs)
-    else:
-        raise ValueError(f"normalize_on must be 'train' or 'all', not {normalize_on!r}")
-    log.info("%s: statistics fit on TRs [%d, %d) (%s)", bold_path, *fit_trs, normalize_on)
+    fit_trs = (0, n_trs) if fit == "all" else tuple(fit)
+    if len(fit_trs) != 2 or not 0 <= fit_trs[0] < fit_trs[1] <= n_trs:
+        raise ValueError(f"{bold_path}: cannot fit statistics on TRs {fit!r} of {n_trs}")
+    log.info("%s: statistics fit on TRs [%d, %d)", bold_path, *fit_trs)
     return normalize_subject(Path(bold_path), Path(mask_path), n_trs, fit_trs, Path(out_npy), Path(out_stats),
                              progress=progress)

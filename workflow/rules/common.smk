@@ -42,6 +42,16 @@ def kept_subjects_z(wildcards):
     return expand(FMRI["z"], subject=kept)
 
 
+def normalization_fit_trs(wildcards):
+    """The TRs normalize_fmri fits its statistics on: 'all', or the split's training block."""
+    import json
+
+    if config["fmri"]["normalize_on"] == "all":
+        return "all"
+    with open(checkpoints.plan_split.get().output.split) as f:
+        return json.load(f)["ranges"]["train"]
+
+
 def evaluate_params(*keys):
     """Only the evaluate keys a rule reads, so that changing one reruns only the rules that use it."""
     return {key: config["evaluate"][key] for key in keys}

@@ -1,8 +1,10 @@
 # The dataset bundle: where the split falls, and the manifest that training reads.
 
-rule plan_split:
+checkpoint plan_split:
     """Contiguous train/val/test target blocks with lag-window buffers, from the lengths in the
-    fMRI and movie headers (so z-scoring can fit on the training block before features exist)."""
+    fMRI and movie headers (so z-scoring can fit on the training block before features exist).
+    A checkpoint because normalize_fmri reads the training block from it as a param: editing the
+    movie reruns this rule, and the z-scoring only if the training block moved."""
     input:
         info=FMRI["info"],
         movie=MOVIE,

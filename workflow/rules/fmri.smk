@@ -30,13 +30,15 @@ rule normalize_fmri:
         bold=lambda wildcards: BOLD[wildcards.subject],
         mask=FMRI["mask"],
         info=FMRI["info"],
-        split=str(paths.dataset(config)["split"]),
+        # ancient: a rewritten split file (e.g. after a movie edit) does not by itself rerun the
+        # z-scoring; the training block it holds is the fit_trs param, which does when it moves.
+        split=ancient(DATASET["split"]),
     output:
         z=FMRI["z"],
         sidecar=FMRI["z_sidecar"],
         stats=FMRI["stats"],
     params:
-        normalize_on=config["fmri"]["normalize_on"],
+        fit_trs=normalization_fit_trs,  # fmri.normalize_on: 'all', or the training block
         code=source_hash("fmri/normalize.py"),
     log:
         f"{LOGS}/normalize_fmri/sub-{{subject}}.log",
