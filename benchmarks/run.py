@@ -48,7 +48,7 @@ def _encode_blank_movie(path: Path, n_frames: int, fps: float, width: int, heigh
 
 def demo_generation(quick: bool) -> dict:
     """Seconds of generator time per minute of demo movie, and the ratio to a bare encode."""
-    from giblet.demo import make_demo
+    from giblet.demo.generate import make_demo
 
     config = load_config(None, ["demo.n_trs=120"] if quick else [])
     demo, tr = config["demo"], config["tr"]
@@ -98,6 +98,8 @@ BENCHMARKS = {
     "checkpoint_overhead": _lazy("training_speed", "checkpoint_overhead"),
     "optimizer_memory": _lazy("training_speed", "optimizer_memory"),
     "gpu_training": _lazy("training_speed", "gpu_training"),
+    "snakemake_noop": _lazy("snakemake_noop", "snakemake_noop"),
+    "slurm_roundtrip": _lazy("slurm_roundtrip", "slurm_roundtrip"),
 }
 
 

@@ -32,7 +32,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate the demo data set."""
-    from giblet.demo import make_demo
+    from giblet.demo.generate import make_demo
 
     config = load_config(args.config, args.overrides)
     out = args.out or f"{config['results_dir']}/demo"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from giblet.config import ConfigError
-from giblet.demo import output_paths as demo_output_paths
+from giblet.demo.layout import output_paths as demo_output_paths
 
 
 def demo(config: dict) -> dict:
@@ -67,7 +67,7 @@ def enabled_stimulus_outputs(config: dict) -> list[Path]:
 
 def subjects(config: dict) -> list[str]:
     """Subject ids as configured (before any are dropped for being short)."""
-    from giblet.demo import subject_ids
+    from giblet.demo.layout import subject_ids
 
     if config["dataset"] == "demo":
         return subject_ids(config["demo"]["n_subjects"])

@@ -26,7 +26,7 @@ def small_config() -> dict:
 @pytest.fixture(scope="session")
 def small_demo(tmp_path_factory, small_config) -> dict:
     """Paths of a generated small demo (see giblet.demo.output_paths), plus 'config' and 'dir'."""
-    from giblet.demo import make_demo
+    from giblet.demo.generate import make_demo
 
     out = tmp_path_factory.mktemp("demo") / "demo"
     paths = make_demo(small_config["demo"], small_config["tr"], out, progress=False)

@@ -96,7 +96,7 @@ def test_annotations_describe_the_scene_latents(small_demo):
 
 @pytest.mark.slow
 def test_same_seed_gives_identical_files_and_another_seed_does_not(small_demo, tmp_path):
-    from giblet.demo import make_demo
+    from giblet.demo.generate import make_demo
 
     config = small_demo["config"]
     again = make_demo(config["demo"], config["tr"], tmp_path / "again", progress=False)

@@ -35,7 +35,8 @@ def test_atomic_output_dir_leaves_everything_as_it_was_on_failure(tmp_path):
 
 def test_failed_demo_generation_leaves_no_partial_output(tmp_path, monkeypatch, small_config):
     """A crash after the movie and one subject were written: nothing of it appears."""
-    from giblet.demo import generate, make_demo
+    from giblet.demo import generate
+    from giblet.demo.generate import make_demo
 
     out = tmp_path / "demo"
     out.mkdir()

@@ -1,5 +1,5 @@
-"""The built-in demo data set (DESIGN.md, "The demo data set")."""
+"""The built-in demo data set (DESIGN.md, "The demo data set").
 
-from giblet.demo.generate import make_demo, output_paths, subject_ids
-
-__all__ = ["make_demo", "output_paths", "subject_ids"]
+``giblet.demo.generate.make_demo`` writes it; ``giblet.demo.layout`` says where, without importing
+the generator.
+"""

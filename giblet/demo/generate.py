@@ -17,6 +17,7 @@ import numpy as np
 
 import giblet
 from giblet.demo import brain
+from giblet.demo.layout import output_paths, subject_ids
 from giblet.demo.latents import (
     ACTIONS, AUDITORY_NAMES, CHARACTERS, PLACES, VISUAL_NAMES, Latents, annotation_text, make_latents,
 )
@@ -30,24 +31,6 @@ log = logging.getLogger(__name__)
 STREAM_LATENTS, STREAM_SOUND, STREAM_TEXT, STREAM_BRAIN, STREAM_SUBJECT = range(5)
 # Target step of the fine latent grid (s); the actual step divides the TR exactly.
 FINE_STEP_S = 0.1
-
-
-def subject_ids(n_subjects: int) -> list[str]:
-    """'01', '02', ... (zero-padded to at least two digits, BIDS style)."""
-    width = max(2, len(str(n_subjects)))
-    return [f"{k:0{width}d}" for k in range(1, n_subjects + 1)]
-
-
-def output_paths(out_dir: str | Path, n_subjects: int) -> dict:
-    """Every file the demo writes, by role. The Snakemake rule declares exactly these."""
-    out_dir = Path(out_dir)
-    return {
-        "movie": out_dir / "movie.mp4",
-        "annotations": out_dir / "annotations.tsv",
-        "bold": [out_dir / "fmri" / f"sub-{s}_bold.nii.gz" for s in subject_ids(n_subjects)],
-        "truth": out_dir / "truth.npz",
-        "sidecar": out_dir / "demo.json",
-    }
 
 
 def fine_step(tr: float) -> float:

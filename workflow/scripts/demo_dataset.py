@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from giblet.demo import make_demo
+from giblet.demo.generate import make_demo
 from giblet.logs import setup_logging
 
 setup_logging(snakemake.log[0])
