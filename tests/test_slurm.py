@@ -66,7 +66,8 @@ def test_demo_on_slurm_every_job_submitted_and_training_resumes_after_a_signal(s
     env = {**env, "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"}
     log_path = workflow_copy / "snakemake.out"
     with open(log_path, "w") as out:
-        run = subprocess.Popen([sys.executable, "-m", "snakemake", "--profile", profile, "--configfile", overlay],
+        run = subprocess.Popen([sys.executable, "-m", "snakemake", "--profile", profile, "--verbose",
+                                "--configfile", overlay],
                                cwd=workflow_copy, stdout=out, stderr=subprocess.STDOUT, env=env)
         try:
             # Once training has written a checkpoint, signal its job the way SLURM does before a time limit.
@@ -89,6 +90,11 @@ def test_demo_on_slurm_every_job_submitted_and_training_resumes_after_a_signal(s
                             "normalize_fmri", "normalize_fmri", "normalize_fmri", "average_fmri",
                             "assemble_dataset", "train", "train", "baseline_ridge", "verify_checkpoint",
                             "examine_weights", "evaluate", "plot_reconstructions", "lesion", "training_summary"])
+    # The profile's cluster options reached sbatch (--verbose logs each call).
+    calls = {re.search(r"--comment '?rule_(\w+?)(?:_wildcards\S*)?'? ", call).group(1): call
+             for call in re.findall(r"sbatch call: (.+)", output)}
+    assert "--signal=USR1@600" in calls["train"] and "--requeue" in calls["train"]
+    assert "--gpus=1" in calls["embed_text"] and "--gpus" not in calls["extract_frames"]
     states = finished_jobs(slurm_cluster["root"])
     train_jobs = [job for job, rule in submitted if rule == "train"]
     assert [states[job] for job in train_jobs] == ["FAILED", "COMPLETED"]  # exit 75, then the resubmission
