@@ -14,6 +14,7 @@ from scipy import stats
 from giblet.errors import InputError
 from giblet.evaluate import metrics as M
 from giblet.evaluate.brain_maps import plot_r_map, r_map_image
+from giblet.evaluate.decoding_metrics import code_metrics, frame_metrics, text_metrics
 from giblet.evaluate.evaluate import CEILING_EXACT, CEILING_ISC, evaluate
 
 # -- per-voxel correlation -------------------------------------------------------------------------
@@ -154,7 +155,7 @@ def test_code_accuracy_hand_computed():
     guess = np.array([[[0, 1, 1], [3, 0, 3]],
                       [[0, 2, 2], [1, 1, 1]]])
     logits = np.eye(4)[guess] * 5.0                                 # argmax = guess
-    result = M.code_metrics(logits, codes)
+    result = code_metrics(logits, codes)
     assert result["accuracy_per_codebook"] == pytest.approx([4 / 6, 3 / 6])
     assert result["accuracy_mean"] == pytest.approx(7 / 12)
     # codebook 0: codes 0,1,2,0,0,2 -> '0' 3 times; codebook 1: 3,3,3,1,3,0 -> '3' 4 times.
@@ -170,23 +171,23 @@ def test_text_retrieval_on_a_constructed_case():
     decoded = true.copy()
     decoded[2, 0] = e[1] + 0.1 * e[2]     # wrong: closest to e1; the right one (e2) ranks 2nd
     decoded[3] = 7.0                       # unannotated: ignored
-    result = M.text_metrics(decoded, true, mask)
+    result = text_metrics(decoded, true, mask)
     assert result["n_queries"] == 5 and result["n_candidates"] == 3
     assert result["top1"] == pytest.approx(4 / 5) and result["top5"] == 1.0
     assert result["chance_top1"] == pytest.approx(1 / 3) and result["chance_top5"] == 1.0
-    empty = M.text_metrics(decoded, true, np.zeros((4, 2), bool))
+    empty = text_metrics(decoded, true, np.zeros((4, 2), bool))
     assert empty["n_queries"] == 0 and empty["top1"] is None
 
 
 def test_frame_metrics_perfect_and_baseline():
     rng = np.random.default_rng(7)
     true = rng.integers(0, 256, (5, 2, 4, 6, 3), dtype=np.uint8)
-    perfect = M.frame_metrics(true / 255.0, true)
+    perfect = frame_metrics(true / 255.0, true)
     assert perfect["pixel_r_mean"] == pytest.approx(1.0) and perfect["mse"] == pytest.approx(0.0)
     mean_frame = true.mean(axis=0) / 255.0
     expected = np.mean([np.corrcoef(mean_frame.ravel(), true[i].ravel() / 255.0)[0, 1] for i in range(5)])
     assert perfect["r_mean_baseline_mean_frame"] == pytest.approx(expected)
-    flat = M.frame_metrics(np.full(true.shape, 0.5), true)
+    flat = frame_metrics(np.full(true.shape, 0.5), true)
     assert flat["pixel_r_mean"] == 0.0 and flat["mse"] > 0
 
 

@@ -8,8 +8,8 @@ import pytest
 from sklearn.linear_model import Ridge
 
 from giblet.data.samples import WindowDataset
-from giblet.evaluate.ridge import (RidgeResult, blocked_cv, fit_ridge, lagged, ridge_cv_predict,
-                                   stimulus_features, window_trs)
+from giblet.evaluate.ridge import RidgeResult, blocked_cv, fit_ridge, ridge_cv_predict
+from giblet.evaluate.ridge_features import lagged, stimulus_features, window_trs
 from giblet.splits import Split, plan_split
 
 LAG, SHIFT = 5, 1
@@ -214,7 +214,7 @@ def test_features_are_fitted_on_the_fit_trs_only(tmp_path):
 
 
 def test_code_histograms_and_text_means_by_hand(tmp_path):
-    from giblet.evaluate.ridge import code_features, text_features
+    from giblet.evaluate.ridge_features import code_features, text_features
 
     codes = np.array([[[0, 0, 1, 3]], [[2, 2, 2, 2]]], np.int16)  # (T=2, n_q=1, Fa=4), codebook 4
     np.testing.assert_allclose(code_features(codes, 4), np.sqrt([[0.5, 0.25, 0, 0.25], [0, 0, 1, 0]]))

@@ -10,7 +10,8 @@ Writes into ``out_dir`` (atomically: all files or none):
 - ``r_map.nii.gz``: the per-voxel r on the mask's grid;
 - ``r_map.png``: a glass-brain picture of it, thresholded at the null's 95th percentile.
 
-See :mod:`giblet.evaluate.metrics` for every definition.
+See :mod:`giblet.evaluate.metrics` (encoding) and :mod:`giblet.evaluate.decoding_metrics` (decoding)
+for every definition.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 from giblet.errors import InputError
 from giblet.evaluate import metrics as M
 from giblet.evaluate.brain_maps import plot_r_map, r_map_image
+from giblet.evaluate.decoding_metrics import code_metrics, frame_metrics, text_metrics
 from giblet.evaluate.load import load_model, predict
 from giblet.files import atomic_output_dir, sha256_file, write_json
 
@@ -151,16 +153,16 @@ def _train_mean_frame(manifest: dict) -> np.ndarray | None:
 
 
 def decoding_metrics(decoded: dict, stimulus: dict, manifest: dict) -> dict:
-    """Brain -> stimulus scores per enabled modality (see giblet.evaluate.metrics)."""
+    """Brain -> stimulus scores per enabled modality (see giblet.evaluate.decoding_metrics)."""
     out = {}
     if "frames" in decoded and "frames" in stimulus:
-        out["frames"] = {**M.frame_metrics(decoded["frames"], stimulus["frames"], _train_mean_frame(manifest)),
+        out["frames"] = {**frame_metrics(decoded["frames"], stimulus["frames"], _train_mean_frame(manifest)),
                          "baseline": "the training block's mean frame"}
     if "code_logits" in decoded and "codes" in stimulus:
-        out["audio_codes"] = M.code_metrics(decoded["code_logits"], stimulus["codes"])
+        out["audio_codes"] = code_metrics(decoded["code_logits"], stimulus["codes"])
     if "text" in decoded and "text" in stimulus:
         mask = stimulus.get("text_mask", np.ones(stimulus["text"].shape[:2], dtype=bool))
-        out["text"] = M.text_metrics(decoded["text"], stimulus["text"], mask)
+        out["text"] = text_metrics(decoded["text"], stimulus["text"], mask)
     return out
 
 

@@ -9,9 +9,9 @@ each enabled modality's decoding degrades is measured against the intact brain:
 - codes: ``codes_accuracy`` (argmax of the logits == the true code);
 - text: ``text_cosine`` (decoded vs true embedding at the filled slots).
 
-These are metrics.frame_metrics' ``pixel_r_mean`` and ``mse``, metrics.code_metrics' ``accuracy_mean``
-and metrics.text_metrics' ``cosine_mean``, against the true stimulus at the TR the decoders reconstruct
-(the window's ``model.decode_index``, as in ``giblet.evaluate.load.predict``).
+These are decoding_metrics.frame_metrics' ``pixel_r_mean`` and ``mse``, decoding_metrics.code_metrics'
+``accuracy_mean`` and decoding_metrics.text_metrics' ``cosine_mean``, against the true stimulus at the
+TR the decoders reconstruct (the window's ``model.decode_index``, as in ``giblet.evaluate.load.predict``).
 
 A region the decoder depends on degrades a modality more than its random control does.
 
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from giblet.errors import InputError
-from giblet.evaluate import metrics as M
+from giblet.evaluate.decoding_metrics import code_metrics, frame_metrics, text_metrics
 from giblet.evaluate.evaluate import jsonable, load_checked
 from giblet.evaluate.figures import new_figure, save_figure
 from giblet.evaluate.load import predict
@@ -99,19 +99,20 @@ def regions_from_masks(manifest: dict, regions: dict[str, str | Path]) -> dict[s
 
 
 def scores(decoded: dict, stimulus: dict) -> dict:
-    """The lesion metrics (module doc) of decoded outputs against the true stimulus, via giblet.evaluate.metrics.
+    """The lesion metrics (module doc) of decoded outputs against the true stimulus, via
+    giblet.evaluate.decoding_metrics.
 
     ``decoded``: ``BrainAutoencoder.decode``'s outputs as numpy arrays; ``stimulus``: the true stimulus
     at the decoded TR (``predict().stimulus``). A modality with nothing to score gives NaN (None in the JSON).
     """
     out = {}
     if "frames" in decoded:
-        frames = M.frame_metrics(decoded["frames"], stimulus["frames"])
+        frames = frame_metrics(decoded["frames"], stimulus["frames"])
         out.update(frames_r=frames["pixel_r_mean"], frames_mse=frames["mse"])
     if "code_logits" in decoded:
-        out["codes_accuracy"] = M.code_metrics(decoded["code_logits"], stimulus["codes"])["accuracy_mean"]
+        out["codes_accuracy"] = code_metrics(decoded["code_logits"], stimulus["codes"])["accuracy_mean"]
     if "text" in decoded:
-        out["text_cosine"] = M.text_metrics(decoded["text"], stimulus["text"], stimulus["text_mask"])["cosine_mean"]
+        out["text_cosine"] = text_metrics(decoded["text"], stimulus["text"], stimulus["text_mask"])["cosine_mean"]
     return {k: np.nan if v is None else v for k, v in out.items()}  # NaN: the lesion arithmetic stays defined
 
 

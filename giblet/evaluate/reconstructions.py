@@ -12,8 +12,9 @@ TR label and time stamp here is of that TR. Written into one folder, for the ena
 - ``fmri.png``    the encoder half: predicted vs true time courses of the 4 best voxels, and predicted vs
   true values of all reliable voxels (noise ceiling >= ``reliable_ceiling``).
 
-Every number a caption may quote comes back in the returned dict: giblet.evaluate.metrics' scores plus
-two only these figures need (frame identification on raw pixels, retrieval from the text library).
+Every number a caption may quote comes back in the returned dict: giblet.evaluate.metrics' and
+decoding_metrics' scores plus two only these figures need (frame identification on raw pixels,
+retrieval from the text library).
 The files appear together, or not at all (giblet.files.atomic_output_dir).
 """
 
@@ -26,6 +27,7 @@ import numpy as np
 
 from giblet.errors import InputError
 from giblet.evaluate import metrics as M
+from giblet.evaluate.decoding_metrics import code_metrics, frame_metrics, text_metrics, unit_rows
 from giblet.evaluate.evaluate import jsonable, load_ceiling, load_checked
 from giblet.evaluate.figures import evenly_spaced, new_figure, save_figure, table_figure, wrap_lines
 from giblet.files import atomic_output_dir
@@ -44,7 +46,7 @@ def frame_identification(decoded: np.ndarray, true_uint8: np.ndarray) -> dict:
 
     Kept here, not metrics.identification: that one centers each pixel over the TRs in float64, too
     large for frames, and the figure quotes the raw pixel r of each TR. ``per_tr_r`` (N,): each
-    TR's pixel r (as in metrics.frame_metrics); ``pixel_r_other_trs``: the mean r against the OTHER
+    TR's pixel r (as in decoding_metrics.frame_metrics); ``pixel_r_other_trs``: the mean r against the OTHER
     TRs' frames (what the shared background alone gives); ``identification``: fraction of TRs whose
     decoded frames correlate best with their own true frames (``identification_chance`` = 1/N).
     """
@@ -166,7 +168,7 @@ def text_library(manifest: dict) -> tuple[Path, dict]:
 def _text_scores(queries: np.ndarray, library: dict) -> tuple[np.ndarray, np.ndarray]:
     """Cosine of each query (M, d) with each DISTINCT library text: (M, U) scores and the U texts."""
     texts, inverse = np.unique(library["texts"].astype(str), return_inverse=True)
-    unit = lambda x: M.unit_rows(np.asarray(x, np.float32))  # noqa: E731
+    unit = lambda x: unit_rows(np.asarray(x, np.float32))  # noqa: E731
     scores = unit(queries) @ unit(library["embeddings"]).T  # (M, A)
     best = np.full((len(texts), len(queries)), -np.inf)
     np.maximum.at(best, inverse.reshape(-1), scores.T)
@@ -176,7 +178,7 @@ def _text_scores(queries: np.ndarray, library: dict) -> tuple[np.ndarray, np.nda
 def library_retrieval(decoded: np.ndarray, mask: np.ndarray, stim_trs: np.ndarray, library: dict) -> dict:
     """Top-k retrieval of each filled slot's true text among ALL distinct texts of the annotation library.
 
-    Kept here, not metrics.text_metrics: that one ranks among the block's own true embeddings, while
+    Kept here, not decoding_metrics.text_metrics: that one ranks among the block's own true embeddings, while
     the figure shows the nearest texts of the whole library. ``stim_trs`` (N,): the stimulus TR each
     row decodes (the library's index is by stimulus TR). Ties count against the model.
     """
@@ -326,7 +328,7 @@ def plot_reconstructions(model_path: str | Path, manifest_path: str | Path, out_
 
     with atomic_output_dir(out_dir) as tmp:
         if "frames" in decoded:
-            metrics = {**M.frame_metrics(decoded["frames"], stimulus["frames"]),
+            metrics = {**frame_metrics(decoded["frames"], stimulus["frames"]),
                        **frame_identification(decoded["frames"], stimulus["frames"])}
             _plot_video(decoded["frames"], stimulus["frames"], picks, stim_trs, tr, metrics, note, tmp / "video.png")
             metrics.pop("per_tr_r")
@@ -334,7 +336,7 @@ def plot_reconstructions(model_path: str | Path, manifest_path: str | Path, out_
             result["files"].append("video.png")
 
         if "code_logits" in decoded:
-            metrics = M.code_metrics(decoded["code_logits"], stimulus["codes"])
+            metrics = code_metrics(decoded["code_logits"], stimulus["codes"])
             length = min(audio_trs, n)
             start = (n - length) // 2
             true_codes = stimulus["codes"][start:start + length]
@@ -363,7 +365,7 @@ def plot_reconstructions(model_path: str | Path, manifest_path: str | Path, out_
                 raise InputError(library_path, f"indexes {library['index'].shape[0]} TRs but the test split "
                                                f"needs stimulus TR {int(stim_trs.max())}")
             mask = stimulus["text_mask"]
-            metrics = {**M.text_metrics(decoded["text"], stimulus["text"], mask),
+            metrics = {**text_metrics(decoded["text"], stimulus["text"], mask),
                        **library_retrieval(decoded["text"], mask, stim_trs, library)}
             text_picks = evenly_spaced(np.nonzero(mask.any(1))[0], n_examples)
             _plot_text(decoded["text"], mask, library, text_picks, stim_trs, tr, metrics, note, tmp / "text.png")

@@ -67,7 +67,7 @@ rule baseline_ridge:
         ridge=EVALUATE["ridge"],
     params:
         evaluate=evaluate_params("reliable_threshold", "null_shifts"),
-        code=source_hash("evaluate/ridge.py", "evaluate/metrics.py"),
+        code=source_hash("evaluate/ridge.py", "evaluate/ridge_features.py", "evaluate/metrics.py"),
     log:
         f"{LOGS}/baseline_ridge.log",
     script:
