@@ -288,16 +288,16 @@ def small_chunks(monkeypatch):
     """The hashing writer with tiny chunk sizes, so small states take every path (collected small
     writes, large writes in pieces, early fdatasyncs); each write sleeps a little, as a long
     serialization would, so the threads run before torch.save ends."""
-    from giblet.train.checkpoint import _HashingWriter
-    monkeypatch.setattr(_HashingWriter, "SMALL", 256)
-    monkeypatch.setattr(_HashingWriter, "CHUNK", 1000)
-    monkeypatch.setattr(_HashingWriter, "SYNC_EVERY", 5000)
-    write = _HashingWriter.write
+    from giblet.train.durable_write import HashingWriter
+    monkeypatch.setattr(HashingWriter, "SMALL", 256)
+    monkeypatch.setattr(HashingWriter, "CHUNK", 1000)
+    monkeypatch.setattr(HashingWriter, "SYNC_EVERY", 5000)
+    write = HashingWriter.write
 
     def slow_write(self, data):
         time.sleep(0.001)
         return write(self, data)
-    monkeypatch.setattr(_HashingWriter, "write", slow_write)
+    monkeypatch.setattr(HashingWriter, "write", slow_write)
 
 
 def mixed_state():

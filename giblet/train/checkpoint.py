@@ -12,17 +12,18 @@ One :class:`CheckpointManager` owns one directory::
 ``state`` is whatever the trainer passes (model/optimizer/scheduler state dicts, RNG states, sampler
 cursor, early stopping, history ...); the manager adds ``step``, ``epoch``, ``config_hash`` and
 ``saved_at``. Only the bytes of ``latest.pt`` are written; the other tiers are hard links to it (a
-copy where links are not supported). Every file is written under a new name and renamed into place, so
-a crash never leaves a half-written file under a checkpoint's name. Hard links share bytes: at-rest
-corruption of one inode hits every name linked to it (``latest.pt`` and its rolling file); the previous
-save (``latest_backup.pt``) and older rolling files are separate inodes.
+copy where links are not supported). Every file is written under a new name and renamed into place
+(:mod:`giblet.train.durable_write`), so a crash never leaves a half-written file under a checkpoint's
+name. Hard links share bytes: at-rest corruption of one inode hits every name linked to it
+(``latest.pt`` and its rolling file); the previous save (``latest_backup.pt``) and older rolling files
+are separate inodes.
 
 Write order of :meth:`save` (why a valid checkpoint exists at every instant):
 
 1. check free disk (nothing touched on failure);
 2. ``torch.save`` to ``latest.pt.tmp``, fsync it - old files untouched. The sha256 is that of the
    file's bytes, hashed by a thread as they are written, and the disk starts early (fdatasync every
-   32 MiB), so both overlap the serialization (:class:`_HashingWriter`);
+   32 MiB), so both overlap the serialization (:class:`~giblet.train.durable_write.HashingWriter`);
 3. write ``index.json`` with the new digest as ``pending`` - the index still lists every old digest;
 4. hard-link ``latest.pt`` -> ``latest_backup.pt.tmp``, ``os.replace`` it onto ``latest_backup.pt`` -
    ``latest.pt`` is still the old, valid file, now also the backup;
@@ -44,18 +45,17 @@ Throughput: :func:`benchmark_save` times ``save`` against a plain ``torch.save``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import shutil
-import threading
 import time
 from pathlib import Path
 
 import torch
 
 from giblet.files import _fsync_dir, sha256_file, write_json
+from giblet.train.durable_write import HashingWriter, link_atomically
 
 log = logging.getLogger(__name__)
 
@@ -83,135 +83,6 @@ def _tensor_bytes(obj, seen: set) -> int:
     if isinstance(obj, (list, tuple)):
         return sum(_tensor_bytes(v, seen) for v in obj)
     return 0
-
-
-class _HashingWriter:
-    """The file object :meth:`CheckpointManager.save` gives ``torch.save``: it writes ``path`` while
-    one thread sha256-hashes the bytes written so far and another flushes them to disk, so hashing
-    and the disk's work overlap torch's serialization instead of following it.
-
-    ``torch.save`` calls ``write`` with memoryviews of memory it may free or reuse once ``write``
-    returns (tensor storages, the CPU copy of a GPU storage, header buffers), so no thread keeps them:
-    the hasher re-reads (``os.preadv``) what has reached the file, from the page cache, and the digest
-    is that of the file's bytes by construction. hashlib, preadv, write and fdatasync release the GIL.
-    Writes under ``SMALL`` bytes are collected and written together; larger ones go out in ``CHUNK``
-    pieces, so the threads can follow a large tensor while it is written.
-
-    Given a file object, ``torch.save`` writes the same zip format as to a path (records under
-    ``archive/``), which ``torch.load`` reads as usual, ``weights_only`` included.
-
-    Use as a context manager; :meth:`finish` (after ``torch.save``) fsyncs the file and returns its
-    digest, raising any error of either thread (an fdatasync error is reported once per open file,
-    so the final fsync alone could miss it). Leaving the block without it stops both threads.
-    """
-
-    SMALL = 1 << 20          # writes below this are collected
-    CHUNK = 8 << 20          # bytes per write / read
-    SYNC_EVERY = 32 << 20    # fdatasync once this many more bytes are written
-
-    def __init__(self, path: Path):
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        self._pending = bytearray()              # small writes not yet in the file
-        self._written = self._hashed = self._synced = 0
-        self._done = self._aborted = False       # no more writes / stop hashing now
-        self._errors: list[BaseException] = []
-        self._digest = hashlib.sha256()
-        self._progress = threading.Condition()   # guards _written, _done, _aborted
-        self._threads = [threading.Thread(target=self._guard, args=(work,), daemon=True)
-                         for work in (self._hash, self._sync)]
-        for thread in self._threads:
-            thread.start()
-
-    # -- what torch.save calls --------------------------------------------------------------------
-    def write(self, data) -> int:
-        view = memoryview(data).cast("B")
-        if len(view) < self.SMALL:
-            self._pending += view
-            if len(self._pending) >= self.SMALL:
-                self.flush()
-        else:
-            self.flush()
-            for start in range(0, len(view), self.CHUNK):
-                self._write_all(view[start:start + self.CHUNK])
-        return len(view)
-
-    def flush(self) -> None:
-        if self._pending:
-            self._write_all(self._pending)
-            self._pending = bytearray()
-
-    def _write_all(self, data) -> None:
-        view, done = memoryview(data), 0
-        while done < len(view):
-            done += os.write(self._fd, view[done:])
-        with self._progress:
-            self._written += done
-            self._progress.notify_all()
-
-    # -- the threads ------------------------------------------------------------------------------
-    def _guard(self, work) -> None:
-        try:
-            work()
-        except BaseException as exc:  # noqa: BLE001 - re-raised by finish()
-            self._errors.append(exc)
-
-    def _hash(self) -> None:
-        """Hash every byte written, in order, until the writes are done and all are hashed."""
-        buffer = memoryview(bytearray(self.CHUNK))
-        while True:
-            with self._progress:
-                self._progress.wait_for(lambda: self._hashed < self._written or self._done)
-                end = self._written
-            while self._hashed < end and not self._aborted:
-                n = os.preadv(self._fd, [buffer[:min(self.CHUNK, end - self._hashed)]], self._hashed)
-                if n <= 0:
-                    raise OSError(f"short read at byte {self._hashed} of {end}")
-                self._digest.update(buffer[:n])
-                self._hashed += n
-            if self._aborted or (self._done and self._hashed == self._written):
-                return
-
-    def _sync(self) -> None:
-        """Start the disk early: fdatasync whenever ``SYNC_EVERY`` more bytes were written."""
-        while True:
-            with self._progress:
-                self._progress.wait_for(lambda: self._written - self._synced >= self.SYNC_EVERY
-                                        or self._done)
-                if self._done:
-                    return                       # finish() fsyncs the rest
-                end = self._written
-            os.fdatasync(self._fd)
-            self._synced = end
-
-    def _stop(self, abort: bool = False) -> None:
-        """No more writes: the hasher hashes what is left (on ``abort``: stops at its next chunk)."""
-        with self._progress:
-            self._done = True
-            self._aborted |= abort
-            self._progress.notify_all()
-
-    def _join(self) -> None:
-        for thread in self._threads:
-            thread.join()
-
-    # -- the end ----------------------------------------------------------------------------------
-    def finish(self) -> str:
-        """fsync the file (the hasher catches up meanwhile); returns the sha256 of all bytes written."""
-        self.flush()
-        self._stop()
-        os.fsync(self._fd)
-        self._join()
-        if self._errors:
-            raise self._errors[0]
-        return self._digest.hexdigest()
-
-    def __enter__(self) -> "_HashingWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop(abort=True)
-        self._join()
-        os.close(self._fd)
 
 
 class CheckpointManager:
@@ -322,7 +193,7 @@ class CheckpointManager:
         payload = {**state, "step": step, "epoch": epoch, "config_hash": self.config_hash,
                    "saved_at": started}
         tmp = latest.with_name(LATEST + ".tmp")
-        with _HashingWriter(tmp) as out:
+        with HashingWriter(tmp) as out:
             torch.save(payload, out)
             digest = out.finish()
         entry = {"sha256": digest, "bytes": tmp.stat().st_size, "step": step,
@@ -332,7 +203,7 @@ class CheckpointManager:
         self._write_index(index)
         files = index["files"]
         if latest.exists():                      # old latest -> backup; latest.pt stays valid
-            self._link(latest, self.directory / BACKUP)
+            link_atomically(latest, self.directory / BACKUP)
             if LATEST in files:
                 files[BACKUP] = files[LATEST]
         os.replace(tmp, latest)                  # commit: latest.pt is the new checkpoint
@@ -340,14 +211,14 @@ class CheckpointManager:
         files[LATEST] = entry
         rolling = f"rolling/step-{step:08d}.pt"
         if rolling not in self._pinned:
-            self._link(latest, self.directory / rolling)
+            link_atomically(latest, self.directory / rolling)
             files[rolling] = entry
         if end_of_epoch:
-            self._link(latest, self.directory / f"epoch/epoch-{epoch:04d}.pt")
+            link_atomically(latest, self.directory / f"epoch/epoch-{epoch:04d}.pt")
             files[f"epoch/epoch-{epoch:04d}.pt"] = entry
         best = index["retention"].get("best_val_loss")
         if val_loss is not None and (best is None or val_loss < best):
-            self._link(latest, self.directory / BEST)
+            link_atomically(latest, self.directory / BEST)
             files[BEST] = entry
             index["retention"].update(best_val_loss=val_loss, best_step=step)
         self._prune(files)
@@ -358,18 +229,6 @@ class CheckpointManager:
             _fsync_dir(self.directory / sub)
         self._last_size = entry["bytes"]
         return latest
-
-    def _link(self, src: Path, dst: Path) -> None:
-        """Make ``dst`` hold ``src``'s bytes: hard link (copy if unsupported) to a temp, then rename."""
-        tmp = dst.with_name(dst.name + ".tmp")
-        tmp.unlink(missing_ok=True)
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, dst)
 
     def _prune(self, files: dict) -> None:
         """Keep the newest ``keep_rolling`` rolling files plus the pinned (resumed-from) one."""
@@ -455,7 +314,7 @@ class CheckpointManager:
             holders = [name]
         if not holders:
             holder = f"rolling/step-{int(state['step']):08d}.pt"
-            self._link(self.directory / name, self.directory / holder)
+            link_atomically(self.directory / name, self.directory / holder)
             entry = index["files"].get(name) or {
                 "sha256": digest, "bytes": (self.directory / name).stat().st_size, "step": state["step"],
                 "epoch": state["epoch"], "val_loss": None, "config_hash": self.config_hash,
