@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -56,6 +57,27 @@ def source_hash(*relative_paths: str) -> str:
             digest.update(str(f.relative_to(PACKAGE_ROOT)).encode())
             digest.update(f.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def jsonable(value, digits: int | None = None):
+    """A result made JSON-ready: numpy scalars/arrays -> Python, NaN/inf -> None (the file stays valid
+    JSON), recursively through dicts, lists and tuples; floats rounded to ``digits`` when given (the
+    figure stages round what a caption may quote)."""
+    import numpy as np  # here, not at the top: the Snakefile imports this module at every start
+
+    if isinstance(value, dict):
+        return {str(k): jsonable(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v, digits) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist(), digits)
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return value if digits is None else round(value, digits)
+    return value
 
 
 def _fsync_dir(path: Path) -> None:

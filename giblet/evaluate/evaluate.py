@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from pathlib import Path
 
 import nibabel as nib
@@ -29,7 +28,7 @@ from giblet.evaluate import metrics as M
 from giblet.evaluate.brain_maps import plot_r_map, r_map_image
 from giblet.evaluate.decoding_metrics import code_metrics, frame_metrics, text_metrics
 from giblet.evaluate.load import load_model, predict
-from giblet.files import atomic_output_dir, sha256_file, write_json
+from giblet.files import atomic_output_dir, jsonable, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -164,25 +163,6 @@ def decoding_metrics(decoded: dict, stimulus: dict, manifest: dict) -> dict:
         mask = stimulus.get("text_mask", np.ones(stimulus["text"].shape[:2], dtype=bool))
         out["text"] = text_metrics(decoded["text"], stimulus["text"], mask)
     return out
-
-
-def jsonable(value, digits: int | None = None):
-    """A result made JSON-ready: numpy scalars/arrays -> Python, NaN/inf -> None (the file stays valid
-    JSON), recursively through dicts, lists and tuples; floats rounded to ``digits`` when given (the
-    figure stages round what a caption may quote)."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v, digits) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v, digits) for v in value]
-    if isinstance(value, np.ndarray):
-        return jsonable(value.tolist(), digits)
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return None
-        return value if digits is None else round(value, digits)
-    return value
 
 
 def evaluate(model_path: str | Path, manifest_path: str | Path, out_dir: str | Path, *,

@@ -32,10 +32,10 @@ import torch
 
 from giblet.errors import InputError
 from giblet.evaluate.decoding_metrics import code_metrics, frame_metrics, text_metrics
-from giblet.evaluate.evaluate import jsonable, load_checked
+from giblet.evaluate.evaluate import load_checked
 from giblet.evaluate.figures import new_figure, save_figure
 from giblet.evaluate.load import predict
-from giblet.files import write_json
+from giblet.files import jsonable, write_json
 from giblet.fmri.nifti import load_mask, read_mask_nifti
 
 log = logging.getLogger(__name__)

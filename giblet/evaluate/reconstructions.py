@@ -28,9 +28,9 @@ import numpy as np
 from giblet.errors import InputError
 from giblet.evaluate import metrics as M
 from giblet.evaluate.decoding_metrics import code_metrics, frame_metrics, text_metrics, unit_rows
-from giblet.evaluate.evaluate import jsonable, load_ceiling, load_checked
+from giblet.evaluate.evaluate import load_ceiling, load_checked
 from giblet.evaluate.figures import evenly_spaced, new_figure, save_figure, table_figure, wrap_lines
-from giblet.files import atomic_output_dir
+from giblet.files import atomic_output_dir, jsonable
 
 log = logging.getLogger(__name__)
 

@@ -37,26 +37,15 @@ removed, so a failed verification fails the job and nothing downstream runs on a
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
 
 from giblet.errors import InputError
 from giblet.evaluate.weights import read_checkpoint_file, read_model_file, trained_steps
-from giblet.files import sha256_file, write_json
+from giblet.files import jsonable, sha256_file, write_json
 
 SPLIT_ORDER = ("val", "test", "train")  # the split the forward-pass sample comes from (first present)
-
-
-def _clean(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
 
 
 def _fail(out_json: Path, error: InputError) -> None:
@@ -260,7 +249,7 @@ def verify_checkpoint(model_path: str | Path, manifest_path: str | Path, out_jso
 
     if reasons:
         _fail(out_json, InputError(model_path, f"failed verification ({len(reasons)} problems): " + "; ".join(reasons)))
-    result = _clean({
+    result = jsonable({
         "ok": True, "model": str(model_path), "model_sha256": model_sha256, "manifest": str(manifest_path),
         "manifest_sha256": manifest_sha256, "checks": checks, "weights": saved.get("weights"),
         "trained_steps": trained_steps(saved), "steps": saved.get("steps"), "epochs": saved.get("epochs"),

@@ -13,7 +13,6 @@ Both outputs are written to temporary names and renamed into place only when bot
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from giblet.errors import InputError
 from giblet.evaluate.load import MODEL_FORMAT
 from giblet.evaluate.optimizer_state import check_optimizer
 from giblet.evaluate.tensor_health import THRESHOLDS, check_state_dict
-from giblet.files import sha256_file
+from giblet.files import jsonable, sha256_file
 
 HISTOGRAM_PANELS = 12  # histograms drawn in weights.png: flagged tensors first, then the largest
 
@@ -98,16 +97,6 @@ def _figure(report: dict, state_dict: dict, path: Path) -> None:
 
 # -- entry point ---------------------------------------------------------------------------------------------
 
-def _json_safe(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 def examine_weights(model_path: str | Path, out_json: str | Path, out_png: str | Path,
                     checkpoint_path: str | Path | None = None) -> dict:
     """Examine every tensor of ``model_path`` (and the optimizer state of ``checkpoint_path``).
@@ -147,7 +136,7 @@ def examine_weights(model_path: str | Path, out_json: str | Path, out_png: str |
               "flagged_tensors": len({f["tensor"] for f in flags}), "failed": severities.count("failed"),
               "warnings": severities.count("warning"), "structural": structural,
               "optimizer_states": optimizer["n_states"] if optimizer and "n_states" in optimizer else None}
-    report = _json_safe({
+    report = jsonable({
         "model": str(model_path), "model_sha256": sha256_file(model_path), "verdict": verdict, "counts": counts,
         "flags": flags, "notes": notes_all, "thresholds": THRESHOLDS, "trained_steps": steps,
         "weights": saved.get("weights"), "model_config": saved["model_config"],
