@@ -57,6 +57,12 @@ def evaluate_params(*keys):
     return {key: config["evaluate"][key] for key in keys}
 
 
+def gpu_resources(count):
+    """A rule's GPUs under both names: `gpus` for local scheduling (`--resources gpus=N` caps it) and
+    `gpu`, the only name the SLURM executor turns into `--gpus`."""
+    return {"gpus": count, "gpu": count}
+
+
 def gpus_for(device):
-    """A rule whose model can run on a GPU reserves one (resources gpus/gpu) unless told `cpu`."""
+    """A rule whose model can run on a GPU reserves one unless told `cpu`."""
     return 0 if device == "cpu" else 1

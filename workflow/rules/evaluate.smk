@@ -51,8 +51,7 @@ rule evaluate:
         evaluate=evaluate_params("reliable_threshold", "null_shifts", "device"),
         code=EVAL_CODE,
     resources:
-        gpus=gpus_for(config["evaluate"]["device"]),
-        gpu=gpus_for(config["evaluate"]["device"]),
+        **gpu_resources(gpus_for(config["evaluate"]["device"])),
     log:
         f"{LOGS}/evaluate.log",
     script:
@@ -87,8 +86,7 @@ rule plot_reconstructions:
         evaluate=evaluate_params("examples", "reliable_threshold", "device"),
         code=EVAL_CODE,
     resources:
-        gpus=gpus_for(config["evaluate"]["device"]),
-        gpu=gpus_for(config["evaluate"]["device"]),
+        **gpu_resources(gpus_for(config["evaluate"]["device"])),
     log:
         f"{LOGS}/plot_reconstructions.log",
     script:

@@ -33,8 +33,7 @@ rule encode_audio:
         code=source_hash("stimulus/audio.py", "stimulus/encodec_weights.py", "stimulus/media.py", "timing.py"),
     threads: 4
     resources:
-        gpus=gpus_for(config["stimulus"]["audio"]["device"]),
-        gpu=gpus_for(config["stimulus"]["audio"]["device"]),
+        **gpu_resources(gpus_for(config["stimulus"]["audio"]["device"])),
     log:
         f"{LOGS}/encode_audio.log",
     script:
@@ -57,8 +56,7 @@ rule embed_text:
         code=source_hash("stimulus/text.py", "stimulus/annotations.py", "stimulus/media.py", "timing.py"),
     threads: 4
     resources:
-        gpus=gpus_for(config["stimulus"]["text"]["device"]),
-        gpu=gpus_for(config["stimulus"]["text"]["device"]),
+        **gpu_resources(gpus_for(config["stimulus"]["text"]["device"])),
     log:
         f"{LOGS}/embed_text.log",
     script:

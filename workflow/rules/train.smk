@@ -19,8 +19,7 @@ rule train:
         learning=train_rule_params(config["train"]),
         code=source_hash("model", "train", "data/samples.py"),
     resources:
-        gpus=config["train"]["gpus"],  # local scheduling: --resources gpus=N caps it (one process per GPU)
-        gpu=config["train"]["gpus"],  # what the SLURM executor requests (--gpus)
+        **gpu_resources(config["train"]["gpus"]),  # one torchrun process per GPU granted
     retries: 0 if workflow.remote_exec else config["train"]["restarts"]
     log:
         f"{LOGS}/train.log",
