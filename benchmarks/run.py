@@ -2,6 +2,7 @@
 
     python -m benchmarks.run                 # every benchmark
     python -m benchmarks.run demo_generation --quick
+    python -m benchmarks.run quality --seeds 0 1 2   # model quality (benchmarks/quality.py)
 
 Machines here are noisy, so each benchmark times a reference in the same process and reports the
 ratio; absolute seconds are printed for context only.
@@ -80,10 +81,10 @@ def demo_generation(quick: bool) -> dict:
 def _lazy(module: str, name: str):
     """Import a benchmark only when it runs (the torch-based ones take seconds to import)."""
 
-    def run(quick: bool) -> dict:
+    def run(quick: bool, **options) -> dict:
         import importlib
 
-        return getattr(importlib.import_module(f"benchmarks.{module}"), name)(quick)
+        return getattr(importlib.import_module(f"benchmarks.{module}"), name)(quick, **options)
 
     return run
 
@@ -100,17 +101,23 @@ BENCHMARKS = {
     "gpu_training": _lazy("training_speed", "gpu_training"),
     "snakemake_noop": _lazy("snakemake_noop", "snakemake_noop"),
     "slurm_roundtrip": _lazy("slurm_roundtrip", "slurm_roundtrip"),
+    "quality": _lazy("quality", "quality"),
 }
+# Benchmarks that take --seeds (the others ignore it).
+SEEDED = {"quality"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", choices=[[], *BENCHMARKS], default=[],
-                        help="benchmarks to run (default: all)")
+                        help="benchmarks to run (default: all but quality, which takes an hour per seed)")
     parser.add_argument("--quick", action="store_true", help="smaller inputs, for a smoke run")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="generator seeds (quality only; default 0 1 2)")
     args = parser.parse_args()
-    for name in args.names or BENCHMARKS:
-        result = BENCHMARKS[name](args.quick)
+    for name in args.names or [n for n in BENCHMARKS if n not in SEEDED]:
+        options = {"seeds": args.seeds} if name in SEEDED else {}
+        result = BENCHMARKS[name](args.quick, **options)
         print(json.dumps({"benchmark": name, **result}, indent=2))
 
 

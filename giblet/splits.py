@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 SPLIT_NAMES = ("train", "val", "test")
 
 
@@ -147,3 +149,26 @@ def write_split_plan(fmri_info: dict, stimulus_trs: dict[str, int], params: dict
                           "usable_targets": list(usable_targets(fmri_info["n_trs"], n_stimulus,
                                                                 split.lag_trs, shift_trs))})
     return split
+
+
+def blocked_cv(targets, n_folds: int = 5, gap: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Time-respecting CV over fit samples (rows in the order of ``targets``, target fMRI TRs).
+
+    The samples sorted by target are cut into ``n_folds`` contiguous folds (no shuffling). For each
+    fold, the training rows are those whose target lies more than ``gap`` TRs before the fold's
+    first target or after its last: with ``gap >= lag - 1`` no training window shares a stimulus
+    TR with a validation window, and the purge also absorbs the fMRI's short autocorrelation.
+    Returns ``[(train_rows, val_rows), ...]`` for himalaya/sklearn ``cv=``.
+    """
+    targets = np.asarray(targets, dtype=np.int64)
+    order = np.argsort(targets, kind="stable")
+    folds = []
+    for rows in np.array_split(order, n_folds):
+        if len(rows) == 0:
+            continue
+        lo, hi = targets[rows].min(), targets[rows].max()
+        train = np.flatnonzero((targets < lo - gap) | (targets > hi + gap))
+        if len(train) == 0:
+            raise ValueError(f"fold [{lo}, {hi}] leaves no training samples with gap {gap}")
+        folds.append((train, np.sort(rows)))
+    return folds

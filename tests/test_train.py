@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from giblet.train.loop import EXIT_RESUME, TIMING_KEYS
+from giblet.train.loop import EXIT_RESUME, SELECTION_KEY, TIMING_KEYS
 from tests.bundles import write_bundle
 
 N_VOXELS = 50
@@ -191,7 +191,7 @@ def test_early_stopping_stops_both_ranks_at_the_same_step(bundle, tmp_path):
     stops = re.findall(r"early stopping at epoch (\d+)", result.stderr)
     assert len(stops) == 2 and stops[0] == stops[1], result.stderr  # one line per rank, same epoch
     history = final_state(tmp_path)["history"]
-    val = [h["val/total"] for h in history if "val/total" in h]
+    val = [h[SELECTION_KEY] for h in history if SELECTION_KEY in h]
     assert len(val) == int(stops[0]) < params["epochs"]
     assert min(val[-2:]) >= min(val[:-2])  # the last `patience` validations did not improve
     saved = torch.load(tmp_path / "model.pt", weights_only=False)
@@ -213,13 +213,19 @@ def test_asking_for_more_gpus_than_visible_fails_before_training(bundle, tmp_pat
     assert training_command("m.json", "out", {}, 1) is None
 
 
-def test_model_pt_holds_the_best_validation_weights(uninterrupted_dir):
+def test_model_pt_holds_the_best_validation_weights_with_a_ridge_fmri_layer(uninterrupted_dir):
+    """The encoders of the validation with the best reliable-voxel r; the fMRI layer refitted by ridge."""
     saved = torch.load(uninterrupted_dir / "model.pt", weights_only=False)
     history = final_state(uninterrupted_dir)["history"]
-    validations = [h for h in history if "val/total" in h]
-    best = min(validations, key=lambda h: h["val/total"])
-    assert saved["weights"] == {"weights": "best", "step": best["step"], "epoch": best["epoch"]}
-    assert saved["best_val_loss"] == best["val/total"]
+    validations = [h for h in history if SELECTION_KEY in h]
+    for h in validations:  # the selection is 1 - the mean r, which is over every voxel here (no ceiling)
+        assert h[SELECTION_KEY] == pytest.approx(1 - h["val/fmri_r_mean"])
+    best = min(validations, key=lambda h: h[SELECTION_KEY])
+    assert {k: saved["weights"][k] for k in ("weights", "step", "epoch")} == \
+        {"weights": "best", "step": best["step"], "epoch": best["epoch"]}
+    assert saved["weights"]["readout"]["readout"] == "ridge"
+    assert saved["best_val_loss"] == best[SELECTION_KEY]
     epoch_file = uninterrupted_dir / "checkpoints" / "epoch" / f"epoch-{best['epoch']:04d}.pt"
     reference = torch.load(epoch_file, weights_only=False)["model"]
-    assert all(torch.equal(saved["state_dict"][k], reference[k]) for k in reference)
+    assert all(torch.equal(saved["state_dict"][k], reference[k]) for k in reference if not k.startswith("to_fmri."))
+    assert not torch.equal(saved["state_dict"]["to_fmri.weight"], reference["to_fmri.weight"])

@@ -28,6 +28,7 @@ from giblet.evaluate import metrics as M
 from giblet.evaluate.brain_maps import plot_r_map, r_map_image
 from giblet.evaluate.decoding_metrics import code_metrics, frame_metrics, text_metrics
 from giblet.evaluate.load import load_model, predict
+from giblet.evaluate.oracle import oracle_predict
 from giblet.files import atomic_output_dir, jsonable, sha256_file, write_json
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,22 @@ def _by_region(manifest: dict, r: np.ndarray, ceiling: np.ndarray | None) -> dic
     return out
 
 
+def oracle_metrics(manifest: dict, ceiling: np.ndarray | None, reliable: np.ndarray | None,
+                   model_fmri: dict) -> dict | None:
+    """Demo only: the oracle's test metrics (ridge on the true regressors, giblet.evaluate.oracle) and
+    the model's ``fraction_of_oracle`` (its reliable-voxel mean r over the oracle's). None on real data."""
+    fmri = np.load(manifest["arrays"]["fmri"]["path"], mmap_mode="r")
+    predicted = oracle_predict(manifest, fmri)
+    if predicted is None:
+        return None
+    scores = M.fmri_metrics(*predicted, ceiling, reliable, n_null=0)
+    r = M.pearson_columns(*predicted)
+    ours, best = model_fmri["r_mean_reliable"], scores["r_mean_reliable"]
+    return {"method": "ridge on truth.npz's true regressors (design_*), fit on train+val, one alpha per voxel",
+            "fmri": scores, "by_region": _by_region(manifest, r, ceiling),
+            "fraction_of_oracle": ours / best if ours is not None and best else None}
+
+
 def _train_mean_frame(manifest: dict) -> np.ndarray | None:
     """Mean (in [0, 1]) of the training block's frames (its targets' TRs; the decoded TRs lie a few TRs earlier,
     which moves a mean over hundreds of TRs negligibly)."""
@@ -206,6 +223,7 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out_dir: str | P
     fmri = M.fmri_metrics(predictions.fmri_pred, predictions.fmri_true, ceiling, reliable, n_null=n_null, seed=seed,
                           min_shift=int(manifest["lag_trs"]))
     r = M.pearson_columns(predictions.fmri_pred, predictions.fmri_true)
+    oracle = oracle_metrics(manifest, ceiling, reliable, fmri)
     manifest_sha256 = sha256_file(manifest_path)
     results = {
         "format": METRICS_FORMAT,
@@ -222,6 +240,7 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out_dir: str | P
                     "reliable_threshold": reliable_threshold if ceiling is not None else None},
         "fmri": fmri,
         "by_region": _by_region(manifest, r, ceiling),
+        "oracle": oracle,
         "decoding": decoding_metrics(predictions.decoded, predictions.stimulus, manifest),
     }
     null = fmri.get("null")

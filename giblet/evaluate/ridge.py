@@ -27,34 +27,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from giblet.evaluate.ridge_features import as_manifest, lagged, stimulus_features, window_trs
-from giblet.splits import Split
+from giblet.splits import Split, blocked_cv
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ALPHAS = np.logspace(0, 6, 13)
-
-
-def blocked_cv(targets, n_folds: int = 5, gap: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Time-respecting CV over fit samples (rows in the order of ``targets``, target fMRI TRs).
-
-    The samples sorted by target are cut into ``n_folds`` contiguous folds (no shuffling). For each
-    fold, the training rows are those whose target lies more than ``gap`` TRs before the fold's
-    first target or after its last: with ``gap >= lag - 1`` no training window shares a stimulus
-    TR with a validation window, and the purge also absorbs the fMRI's short autocorrelation.
-    Returns ``[(train_rows, val_rows), ...]`` for himalaya/sklearn ``cv=``.
-    """
-    targets = np.asarray(targets, dtype=np.int64)
-    order = np.argsort(targets, kind="stable")
-    folds = []
-    for rows in np.array_split(order, n_folds):
-        if len(rows) == 0:
-            continue
-        lo, hi = targets[rows].min(), targets[rows].max()
-        train = np.flatnonzero((targets < lo - gap) | (targets > hi + gap))
-        if len(train) == 0:
-            raise ValueError(f"fold [{lo}, {hi}] leaves no training samples with gap {gap}")
-        folds.append((train, np.sort(rows)))
-    return folds
 
 
 def ridge_cv_predict(X_fit: np.ndarray, Y_fit: np.ndarray, X_pred: np.ndarray, alphas=DEFAULT_ALPHAS, cv=5,
@@ -99,12 +76,66 @@ def ridge_cv_predict(X_fit: np.ndarray, Y_fit: np.ndarray, X_pred: np.ndarray, a
                         "alphas": alphas.tolist()}
 
 
+def banded_ridge_predict(X_fit: np.ndarray, Y_fit: np.ndarray, X_pred: np.ndarray, groups: np.ndarray,
+                         alphas=DEFAULT_ALPHAS, cv=5, n_iter: int = 20, voxel_chunk: int = 8192,
+                         random_state: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Banded ridge: one penalty per feature group (modality) and per voxel, chosen by CV.
+
+    himalaya's ``BandedRidgeCV`` (random search over the simplex of group scalings, ``n_iter``
+    candidates, each with every alpha in ``alphas``). ``X_fit (n, q)``, ``Y_fit (n, V)``, ``X_pred
+    (m, q)``, ``groups (q,)`` int group of each column -> ``(pred (m, V) float32, deltas (n_groups, V)
+    float32, info)``: ``deltas`` are himalaya's log group scalings (``exp(deltas[g]) / alpha`` is the
+    weight of group g; a group the CV finds useless gets a very negative delta). Every voxel gets its
+    own scalings, so a visual voxel can ignore the text features and a language voxel the frames.
+    Numpy backend, float32, intercept fitted, ``voxel_chunk`` voxels at a time.
+    """
+    from himalaya.backend import set_backend
+    from himalaya.ridge import BandedRidgeCV
+
+    set_backend("numpy", on_error="raise")
+    X_fit, X_pred = np.ascontiguousarray(X_fit, np.float32), np.ascontiguousarray(X_pred, np.float32)
+    Y_fit = np.asarray(Y_fit, np.float32)
+    groups = np.asarray(groups, dtype=np.int64)
+    if groups.shape != (X_fit.shape[1],):
+        raise ValueError(f"groups must give one group per feature column ({X_fit.shape[1]}), got {groups.shape}")
+    if not isinstance(cv, int):
+        cv = [(np.asarray(a), np.asarray(b)) for a, b in cv]
+    n_groups, n_vox = int(groups.max()) + 1, Y_fit.shape[1]
+    pred = np.empty((len(X_pred), n_vox), np.float32)
+    deltas = np.empty((n_groups, n_vox), np.float32)
+    params = {"n_iter": n_iter, "alphas": np.asarray(alphas, np.float32), "progress_bar": False,
+              "n_targets_batch": 2048, "n_targets_batch_refit": 2048}
+    for start in range(0, n_vox, voxel_chunk):
+        stop = min(start + voxel_chunk, n_vox)
+        model = BandedRidgeCV(groups=groups, solver="random_search", solver_params=params, fit_intercept=True,
+                              cv=cv, random_state=random_state)
+        model.fit(X_fit, np.ascontiguousarray(Y_fit[:, start:stop]))
+        pred[:, start:stop] = np.asarray(model.predict(X_pred), np.float32)
+        deltas[:, start:stop] = np.asarray(model.deltas_, np.float32)
+    return pred, deltas, {"solver": "banded", "n_fit": len(X_fit), "n_features": X_fit.shape[1],
+                          "n_groups": n_groups, "n_iter": n_iter, "alphas": np.asarray(alphas).tolist()}
+
+
+def feature_groups(columns: dict, n_per_tr: int, lag_trs: int) -> np.ndarray:
+    """The group (modality index) of every column of :func:`lagged` features: ``(lag_trs * n_per_tr,)``.
+
+    ``columns``: {modality: [start, stop)} within one stimulus TR's ``n_per_tr`` columns (the
+    ``info["columns"]`` of ``stimulus_features``); every lag repeats that layout.
+    """
+    per_tr = np.full(n_per_tr, -1, dtype=np.int64)
+    for group, (start, stop) in enumerate(columns.values()):
+        per_tr[start:stop] = group
+    if (per_tr < 0).any():
+        raise ValueError(f"columns {columns} do not cover the {n_per_tr} features")
+    return np.tile(per_tr, lag_trs)
+
+
 @dataclass
 class RidgeResult:
     """Test-block predictions of the ridge baseline, in target order.
 
     ``targets_test`` (N,) fMRI TR indices; ``pred_test``/``true_test`` (N, V) float32;
-    ``best_alphas`` (V,) the per-voxel alpha chosen by CV; ``info``: features, CV, solver, timings.
+    ``best_alphas`` (V,) the per-voxel alpha chosen by CV (banded: ``1 / sum_g exp(delta_g)``); ``info``: features, CV, solver, timings.
     """
 
     targets_test: np.ndarray
@@ -124,14 +155,16 @@ class RidgeResult:
 
 def fit_ridge(manifest, alphas=DEFAULT_ALPHAS, fit_blocks=("train", "val"), test_block: str = "test",
               n_components: int | dict = None, modalities=None, n_folds: int = 5, gap: int | None = None,
-              solver: str = "auto", voxel_chunk: int = 16384, frame_grid=(6, 8),
+              solver: str = "banded", voxel_chunk: int = 16384, frame_grid=(6, 8),
               max_code_bins: int = 1024) -> RidgeResult:
     """The ridge baseline on the manifest's split: fit on ``fit_blocks``, predict ``test_block``.
 
     Steps: ``fit_trs = window_trs(split, fit_blocks)``; ``X = stimulus_features(manifest, fit_trs)``;
     rows ``lagged(X, split, targets)`` for the fit and test targets; fMRI rows at those targets;
-    ``ridge_cv_predict`` with ``blocked_cv(fit targets, n_folds, gap)`` (``gap`` default
-    ``lag_trs``) choosing one alpha per voxel among ``alphas``.
+    ``solver="banded"`` (the default): :func:`banded_ridge_predict`, one penalty per modality and
+    voxel; otherwise ``ridge_cv_predict`` with that solver, one alpha per voxel. Either way the
+    hyperparameters are chosen by ``blocked_cv(fit targets, n_folds, gap)`` (``gap`` default
+    ``lag_trs``) among ``alphas``.
 
     Why train + val by default: the model's weights are fitted on train and val picks its stopping
     point, i.e. the model uses the labels of both blocks and never the test block. The ridge uses
@@ -164,7 +197,14 @@ def fit_ridge(manifest, alphas=DEFAULT_ALPHAS, fit_blocks=("train", "val"), test
     Y_test = np.asarray(fmri[test_targets], np.float32)
     gap = split.lag_trs if gap is None else gap
     cv = blocked_cv(fit_targets, n_folds, gap)
-    pred, best, ridge_info = ridge_cv_predict(X_fit, Y_fit, X_test, alphas, cv, solver, voxel_chunk)
+    if solver == "banded":
+        groups = feature_groups(feature_info["columns"], X.shape[1], split.lag_trs)
+        pred, deltas, ridge_info = banded_ridge_predict(X_fit, Y_fit, X_test, groups, alphas, cv)
+        best = (1.0 / np.exp(deltas.astype(np.float64)).sum(axis=0)).astype(np.float32)
+        ridge_info["modalities"] = list(feature_info["columns"])
+        ridge_info["log_scaling_median"] = {m: float(np.median(d)) for m, d in zip(feature_info["columns"], deltas)}
+    else:
+        pred, best, ridge_info = ridge_cv_predict(X_fit, Y_fit, X_test, alphas, cv, solver, voxel_chunk)
     t_end = time.perf_counter()
     info = {"features": feature_info, "ridge": ridge_info, "fit_blocks": list(fit_blocks),
             "test_block": test_block, "n_folds": len(cv), "gap": gap,

@@ -73,8 +73,13 @@ def block_isc(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rho, k
 
 
-def average_subjects(z_paths: list[Path], out_group: Path, out_ceiling: Path, progress: bool = True) -> dict:
+def average_subjects(z_paths: list[Path], out_group: Path, out_ceiling: Path, progress: bool = True,
+                     isc_trs: tuple[int, int] | None = None) -> dict:
     """Average the subjects' z arrays and compute the ISC noise ceiling; write both atomically.
+
+    ``isc_trs``: the TRs ``[start, stop)`` the ISC (and so the ceiling and the reliable voxels) is
+    computed on, the split's training block in the pipeline, so that choosing voxels by
+    reliability never looks at the test block; None: every TR.
 
     Writes ``out_group`` float32 (T, V), the subject mean, with a JSON sidecar, and ``out_ceiling``
     (npz: ``isc`` (mean pairwise correlation), ``single``, ``group`` float32 (V,), ``n_valid``
@@ -92,6 +97,9 @@ def average_subjects(z_paths: list[Path], out_group: Path, out_ceiling: Path, pr
     if n_subjects < 2:
         log.warning("one subject: the inter-subject noise ceiling is undefined and written as 0")
     block = max(1, BLOCK_BYTES // (8 * n_subjects * n_trs))
+    isc_start, isc_stop = (0, n_trs) if isc_trs is None else (int(isc_trs[0]), int(isc_trs[1]))
+    if not 0 <= isc_start < isc_stop - 2 < n_trs:
+        raise ValueError(f"ISC TRs [{isc_start}, {isc_stop}) do not lie inside the {n_trs} TRs of {z_paths[0]}")
 
     isc = np.zeros(n_voxels, dtype=np.float32)
     n_valid = np.zeros(n_voxels, dtype=np.int16)
@@ -101,12 +109,12 @@ def average_subjects(z_paths: list[Path], out_group: Path, out_ceiling: Path, pr
             stop = min(start + block, n_voxels)
             data = np.stack([np.asarray(a[:, start:stop], dtype=np.float64) for a in arrays])  # (S, T, v)
             group[:, start:stop] = data.mean(axis=0)
-            isc[start:stop], n_valid[start:stop] = block_isc(data)
+            isc[start:stop], n_valid[start:stop] = block_isc(data[:, isc_start:isc_stop])
         group.flush()
         single = np.sqrt(np.maximum(isc, 0.0)).astype(np.float32)
         group_ceiling = spearman_brown(isc.astype(np.float64), n_valid).astype(np.float32)
         np.savez(tmp / out_ceiling.name, isc=isc, single=single, group=group_ceiling, n_valid=n_valid,
-                 n_subjects=n_subjects)
+                 n_subjects=n_subjects, isc_trs=np.array([isc_start, isc_stop]))
         write_sidecar(tmp / out_group.name, group, parameters={"n_subjects": n_subjects, "statistic": "mean"},
                       sources=_source_roles(z_paths))
         del group

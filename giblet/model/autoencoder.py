@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from giblet.model.decoders import Bottleneck, CodeHead, FrameHead, TextHead
-from giblet.model.encoders import CausalTemporal, CodeEncoder, FrameEncoder, TextEncoder
+from giblet.model.encoders import CausalTemporal, CodeEncoder, FrameEncoder, HemodynamicFilters, TextEncoder
 from giblet.timing import hrf_peak_trs
 
 # Widths/depths. ``tiny`` trains on CPU in CI (< 1 M parameters excluding the two V-sized layers).
@@ -38,7 +38,8 @@ class BrainAutoencoder(nn.Module):
     def __init__(self, modalities: dict, n_voxels: int, lag_trs: int, *, preset: str = "tiny",
                  decode_delay_trs: int = 0, gradient_checkpointing: bool = False, dim: int, frame_channels: list[int], frame_stem: int, code_depth: int,
                  temporal_depth: int, kernel_size: int, hidden: int, frame_head_channels: int, frame_head_up: int,
-                 code_rank: int, dropout: float):
+                 code_rank: int, dropout: float, fusion: str = "sum", temporal: str = "conv",
+                 hrf_filters: int = 2, tr: float = 1.5):
         super().__init__()
         unknown = set(modalities) - {"frames", "audio", "text"}
         if unknown or not modalities:
@@ -49,7 +50,8 @@ class BrainAutoencoder(nn.Module):
                         "code_depth": code_depth,
                         "temporal_depth": temporal_depth, "kernel_size": kernel_size, "hidden": hidden,
                         "frame_head_channels": frame_head_channels, "frame_head_up": frame_head_up,
-                        "code_rank": code_rank, "dropout": float(dropout)}
+                        "code_rank": code_rank, "dropout": float(dropout), "fusion": fusion,
+                        "temporal": temporal, "hrf_filters": int(hrf_filters), "tr": float(tr)}
         self.modalities, self.n_voxels, self.lag = self._config["modalities"], int(n_voxels), int(lag_trs)
         if not 0 <= decode_delay_trs < self.lag:
             raise ValueError(f"decode_delay_trs={decode_delay_trs} must be in [0, lag_trs={self.lag})")
@@ -77,9 +79,23 @@ class BrainAutoencoder(nn.Module):
         # and only the per-TR part predicts the brain (without this the encoders' output barely varied
         # across TRs and the fMRI layer learned the mean: validation r = 0.00).
         self.modality_norms = nn.ModuleDict({name: nn.BatchNorm1d(dim) for name in self.encoders})
-        self.temporal = CausalTemporal(dim, self.lag, temporal_depth, kernel_size, dropout, gradient_checkpointing)
+        if fusion not in ("sum", "concat"):
+            raise ValueError(f"fusion must be 'sum' or 'concat', not {fusion!r}")
+        # concat keeps each modality's features apart: the brain's feature space is their union
+        # (a language voxel's conjunctions must not share dimensions with a visual voxel's products).
+        self.fusion = fusion
+        width = dim * (len(self.encoders) if fusion == "concat" else 1)
+        if temporal == "conv":
+            self.temporal = CausalTemporal(width, self.lag, temporal_depth, kernel_size, dropout,
+                                           gradient_checkpointing)
+            self.n_features = width
+        elif temporal == "hrf":
+            self.temporal = HemodynamicFilters(width, self.lag, hrf_filters, tr)
+            self.n_features = width * hrf_filters
+        else:
+            raise ValueError(f"temporal must be 'conv' or 'hrf', not {temporal!r}")
         self.drop = nn.Dropout(dropout)
-        self.to_fmri = nn.Linear(dim, self.n_voxels)  # the fMRI layer: the prediction of the brain
+        self.to_fmri = nn.Linear(self.n_features, self.n_voxels)  # the fMRI layer: the prediction of the brain
         # Start from predicting the mean (0 for z-scored data): a random init adds noise of variance
         # ~1/3 per voxel that the first epochs would only spend unlearning.
         nn.init.zeros_(self.to_fmri.weight)
@@ -97,6 +113,7 @@ class BrainAutoencoder(nn.Module):
             params["dropout"] = dropout
         delay = min(hrf_peak_trs(manifest["tr"]), manifest["lag_trs"] - 1) if "tr" in manifest else 0
         params.setdefault("decode_delay_trs", delay)
+        params.setdefault("tr", float(manifest.get("tr", 1.5)))
         return cls(manifest["modalities"], manifest["n_voxels"], manifest["lag_trs"], preset=preset,
                    gradient_checkpointing=gradient_checkpointing, **params)
 
@@ -114,6 +131,10 @@ class BrainAutoencoder(nn.Module):
     # -- the two halves -----------------------------------------------------------------------------------
     def encode(self, batch: dict) -> torch.Tensor:
         """Stimulus window (every enabled modality, ``lag`` TRs) -> predicted fMRI ``(B, V)``."""
+        return self.to_fmri(self.drop(self.features(batch)))
+
+    def features(self, batch: dict) -> torch.Tensor:
+        """Stimulus window -> the shared features the fMRI layer reads, ``(B, n_features)``."""
         ckpt = self.gradient_checkpointing
         parts = []
         for name, encoder in self.encoders.items():  # each appends (B * lag, dim)
@@ -132,9 +153,9 @@ class BrainAutoencoder(nn.Module):
                                            mask.reshape(b * lag, *mask.shape[2:])))
         if lag > self.lag:
             raise ValueError(f"window of {lag} TRs is longer than the model's lag_trs={self.lag}")
-        per_tr = sum(self.modality_norms[name](part) for name, part in zip(self.encoders, parts))
-        per_tr = per_tr.reshape(b, lag, -1)  # (B, lag, dim)
-        return self.to_fmri(self.drop(self.temporal(per_tr)))
+        normed = [self.modality_norms[name](part) for name, part in zip(self.encoders, parts)]
+        per_tr = torch.cat(normed, dim=1) if self.fusion == "concat" else sum(normed)
+        return self.temporal(per_tr.reshape(b, lag, -1))  # (B, lag, width) -> (B, n_features)
 
     def decoded_stimulus(self, batch: dict) -> dict:
         """The true stimulus the decoders reconstruct: each window's TR at ``decode_index``."""

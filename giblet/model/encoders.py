@@ -131,3 +131,33 @@ class CausalTemporal(nn.Module):
             else:
                 x = block(x)
         return self.norm(x[:, :, -1])
+
+
+class HemodynamicFilters(nn.Module):
+    """The fusion over the window as the brain does it: a causal linear filter per feature, no mixing.
+
+    Each of the ``dim`` per-TR features gets ``n_filters`` learned filters over the ``lag`` TRs of the
+    window (a depthwise convolution whose kernel spans the window); the first filter of every
+    feature starts as nilearn's Glover HRF sampled at the TR, the others near zero (room for
+    temporal derivatives, earlier or later peaks). A voxel's BOLD is a linear mix of HRF-filtered
+    neural features, so this has the right form with ``dim * n_filters * lag`` parameters, where a
+    free weight per voxel and lag (the ridge baseline's form) needs ``V * dim * lag``.
+
+    Input ``(B, lag, dim)`` (a shorter window is left-padded with zeros); output ``(B, dim * n_filters)``.
+    """
+
+    def __init__(self, dim: int, lag: int, n_filters: int, tr: float):
+        super().__init__()
+        from giblet.timing import hrf_kernel
+
+        self.lag, self.n_filters = lag, n_filters
+        hrf = torch.as_tensor(hrf_kernel(tr)[:lag], dtype=torch.float32)
+        weight = torch.randn(dim * n_filters, 1, lag) * 0.01
+        weight[::n_filters, 0] = hrf.flip(0) / hrf.abs().max()  # kernel slot j multiplies TR t - lag + 1 + j
+        self.weight = nn.Parameter(weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.transpose(1, 2)                                             # (B, dim, lag')
+        if x.shape[-1] < self.lag:
+            x = F.pad(x, (self.lag - x.shape[-1], 0))
+        return F.conv1d(x, self.weight.to(x.dtype), groups=x.shape[1]).squeeze(-1)

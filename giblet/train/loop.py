@@ -36,6 +36,7 @@ from giblet.train import distributed as dist
 from giblet.train.checkpoint import CheckpointManager
 from giblet.train.monitor import Monitor
 from giblet.train.params import learning_params
+from giblet.train.readout import fit_ridge_readout
 from giblet.train.sampler import ResumableSampler
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,25 @@ log = logging.getLogger(__name__)
 EXIT_RESUME = 75
 # History entries that measure the machine, not the training (they differ between identical runs).
 TIMING_KEYS = ("samples_per_s", "step_time_s")
+# What early stopping and model.pt's choice of weights minimize: 1 - the validation block's mean
+# per-voxel r over time on the reliable voxels (what the evaluation scores), not ``val/total``, whose
+# decoder terms (which never touch the encoder) can fall while the brain prediction gets worse.
+SELECTION_KEY = "val/selection"
+# Voxels whose training-block ISC ceiling (the manifest's ceiling.npz ``group``) is at least this
+# are the reliable ones the selection averages over (giblet.evaluate.metrics' threshold).
+RELIABLE_CEILING = 0.3
+
+
+def reliable_voxel_mask(manifest: dict) -> torch.Tensor:
+    """(V,) bool: voxels with a training-block ISC ceiling >= RELIABLE_CEILING; every voxel when the
+    manifest has no ceiling or none passes."""
+    n_voxels = int(manifest["n_voxels"])
+    if "ceiling" in manifest["arrays"]:
+        with np.load(manifest["arrays"]["ceiling"]["path"]) as ceiling:
+            reliable = np.nan_to_num(np.asarray(ceiling["group"], np.float64)) >= RELIABLE_CEILING
+        if reliable.shape == (n_voxels,) and reliable.any():
+            return torch.from_numpy(reliable)
+    return torch.ones(n_voxels, dtype=torch.bool)
 
 def default_params(params: dict) -> dict:
     """``params`` (a partial ``train`` config section) validated, with the schema's defaults filled in."""
@@ -143,6 +163,7 @@ class Trainer:
         hold = self.device if p["hold_on_device"] else None
         self.train_set = WindowDataset(self.manifest, "train", device=hold)
         self.val_set = WindowDataset(self.manifest, "val", device=hold) if "val" in self.manifest["split"]["ranges"] else None
+        self.reliable = reliable_voxel_mask(self.manifest).to(self.device)
         self.sampler = ResumableSampler(len(self.train_set), p["batch_size"], self.rank, self.world_size, p["seed"])
         self.steps_per_epoch = math.ceil(len(self.sampler) / p["grad_accum"])
         total = p["epochs"] * self.steps_per_epoch
@@ -280,6 +301,8 @@ class Trainer:
         self.model.train()
         metrics = {f"val/{k}": float(v) for k, v in zip(sorted(parts), totals / n[0])}
         metrics["val/fmri_r_mean"] = float(r.mean())
+        metrics["val/fmri_r_reliable"] = float(r[self.reliable].mean())
+        metrics[SELECTION_KEY] = 1.0 - metrics["val/fmri_r_reliable"]
         return metrics
 
     @torch.no_grad()
@@ -307,7 +330,7 @@ class Trainer:
                 val_loss = None
                 if self.val_set is not None and self.epoch % p["val_every_epochs"] == 0:
                     metrics = self.validate()
-                    val_loss = metrics["val/total"]
+                    val_loss = metrics[SELECTION_KEY]
                     self.history.append({"step": self.step, "epoch": self.epoch, **metrics})
                     monitor.validation(metrics, self.step, *(self.reconstruct_first_val_sample()
                                                              if self.rank == 0 else (None, None)))
@@ -337,13 +360,14 @@ class Trainer:
             log.info("early stopping at epoch %d: no validation improvement for %d epochs", self.epoch, patience)
 
     def _best_weights(self) -> tuple[dict, dict]:
-        """The weights with the lowest validation loss (``best.pt``), or the final ones without validation."""
+        """The weights with the best validation score (``best.pt``, lowest SELECTION_KEY), or the final ones
+        without validation."""
         best = self.checkpoints.directory / "best.pt"
         if math.isfinite(self.early["best"]) and best.exists():
             state = torch.load(best, map_location="cpu", weights_only=False)
-            if state["history"][-1].get("val/total") == self.early["best"]:  # saved right after that validation
+            if state["history"][-1].get(SELECTION_KEY) == self.early["best"]:  # saved right after that validation
                 return state["model"], {"weights": "best", "step": state["step"], "epoch": state["epoch"]}
-            log.warning("%s does not hold the best validation loss %.6g: model.pt gets the final weights",
+            log.warning("%s does not hold the best validation score %.6g: model.pt gets the final weights",
                         best, self.early["best"])
         final = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         return final, {"weights": "final", "step": self.step, "epoch": self.epoch}
@@ -353,6 +377,12 @@ class Trainer:
         path = self.out / "model.pt"
         tmp = self.out / ".model.pt.tmp"
         weights, chosen = self._best_weights()
+        if self.params["readout"] == "ridge":
+            self.model.load_state_dict(weights)
+            blocks = {"train": self.train_set, **({"val": self.val_set} if self.val_set is not None else {})}
+            chosen["readout"] = fit_ridge_readout(self.model, blocks, collate, self.device, self.model.lag,
+                                                  self.params["batch_size"])
+            weights = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         torch.save({
             "format": "giblet.model/1", "model_config": self.model.config(), "state_dict": weights,
             "weights": chosen, "manifest": str(self.manifest_path), "manifest_sha256": self.manifest_sha256,

@@ -42,14 +42,17 @@ def kept_subjects_z(wildcards):
     return expand(FMRI["z"], subject=kept)
 
 
-def normalization_fit_trs(wildcards):
-    """The TRs normalize_fmri fits its statistics on: 'all', or the split's training block."""
+def training_block(wildcards):
+    """The split's training block [start, stop) (known once the plan_split checkpoint has run)."""
     import json
 
-    if config["fmri"]["normalize_on"] == "all":
-        return "all"
     with open(checkpoints.plan_split.get().output.split) as f:
         return json.load(f)["ranges"]["train"]
+
+
+def normalization_fit_trs(wildcards):
+    """The TRs normalize_fmri fits its statistics on: 'all', or the split's training block."""
+    return "all" if config["fmri"]["normalize_on"] == "all" else training_block(wildcards)
 
 
 def evaluate_params(*keys):

@@ -47,14 +47,16 @@ rule normalize_fmri:
 
 
 rule average_fmri:
-    """The group mean time series and the inter-subject-correlation noise ceiling."""
+    """The group mean time series and the inter-subject-correlation noise ceiling (on the training block)."""
     input:
         z=kept_subjects_z,
+        split=ancient(DATASET["split"]),  # as in normalize_fmri: the param below reruns it when the block moves
     output:
         group=FMRI["group"],
         sidecar=FMRI["group_sidecar"],
         ceiling=FMRI["ceiling"],
     params:
+        isc_trs=training_block,  # the ISC ceiling (reliable voxels) never looks at val or test TRs
         code=source_hash("fmri/group.py"),
     log:
         f"{LOGS}/average_fmri.log",

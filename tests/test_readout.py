@@ -1,0 +1,91 @@
+"""The closed-form fMRI layer, the brain-shaped temporal filters, the banded baseline and the oracle."""
+
+import numpy as np
+import pytest
+import torch
+
+from giblet.evaluate.ridge import banded_ridge_predict, feature_groups, ridge_cv_predict
+from giblet.model.encoders import HemodynamicFilters
+from giblet.splits import blocked_cv
+from giblet.timing import hrf_kernel
+from giblet.train.readout import ridge_weights
+
+
+def test_ridge_weights_equal_the_closed_form_ridge_on_standardized_features():
+    rng = np.random.default_rng(0)
+    n, q, v = 120, 6, 5
+    X = rng.standard_normal((n, q)) * rng.uniform(0.5, 3, q) + rng.uniform(-2, 2, q)
+    Y = (X @ rng.standard_normal((q, v)) + rng.standard_normal((n, v)) * np.linspace(0.1, 5, v)).astype(np.float32)
+    weight, bias, alphas = ridge_weights(X, Y, np.arange(n), lag_trs=2, alphas=np.logspace(-2, 4, 7))
+    Z = (X - X.mean(0)) / X.std(0)
+    Yc = Y - Y.mean(0)
+    for j in range(v):  # numpy reference with the alpha CV chose for that voxel
+        coef = np.linalg.solve(Z.T @ Z + alphas[j] * np.eye(q), Z.T @ Yc[:, j])
+        reference = Z @ coef + Y[:, j].mean()
+        np.testing.assert_allclose(X @ weight[j] + bias[j], reference, rtol=1e-3, atol=1e-3)
+    assert alphas[-1] > alphas[0]  # the noisiest voxel is shrunk the most
+
+
+def test_hemodynamic_filters_start_as_the_hrf_and_see_only_their_own_feature():
+    lag, tr = 8, 1.5
+    filters = HemodynamicFilters(dim=3, lag=lag, n_filters=2, tr=tr)
+    hrf = hrf_kernel(tr)[:lag]
+    x = torch.zeros(lag, lag, 3)
+    x[torch.arange(lag), torch.arange(lag), 1] = 1.0  # sample k: an impulse in feature 1 at window slot k
+    out = filters(x).detach()                         # (lag, 3 * 2)
+    # slot k is lag - 1 - k TRs before the window's end: the response is the HRF at that delay
+    np.testing.assert_allclose(out[:, 2].numpy(), hrf[::-1][:lag] / np.abs(hrf).max(), rtol=1e-5, atol=1e-6)
+    assert torch.all(out[:, [0, 1, 4, 5]] == 0)       # features 0 and 2 stay silent
+    shorter = filters(x[:, 3:])                        # a window shorter than lag is zero-padded on the left
+    assert torch.allclose(shorter, filters(torch.cat([torch.zeros(lag, 3, 3), x[:, 3:]], dim=1)))
+
+
+def test_feature_groups_follow_the_lagged_layout():
+    groups = feature_groups({"frames": [0, 2], "text": [2, 5]}, n_per_tr=5, lag_trs=3)
+    assert groups.tolist() == [0, 0, 1, 1, 1] * 3
+    with pytest.raises(ValueError, match="do not cover"):
+        feature_groups({"frames": [0, 2]}, n_per_tr=5, lag_trs=1)
+
+
+def test_banded_ridge_silences_a_useless_band_and_beats_one_penalty():
+    """Band 0 drives the voxels through a few strong weights; band 1 is 40 columns of noise. One
+    penalty must shrink both alike; the banded solver learns to turn band 1 off."""
+    rng = np.random.default_rng(1)
+    n, v = 300, 20
+    X = rng.standard_normal((n + 100, 44)).astype(np.float32)
+    groups = np.array([0] * 4 + [1] * 40)
+    Y = X[:, :4] @ rng.standard_normal((4, v)) + 1.5 * rng.standard_normal((n + 100, v))
+    cv = blocked_cv(np.arange(n), 5, 2)
+    alphas = np.logspace(-2, 4, 13)
+    banded, deltas, info = banded_ridge_predict(X[:n], Y[:n], X[n:], groups, alphas, cv, n_iter=20)
+    single, _, _ = ridge_cv_predict(X[:n], Y[:n], X[n:], alphas, cv)
+    noise_free = X[n:, :4] @ np.linalg.lstsq(X[:n, :4], Y[:n], rcond=None)[0]
+
+    def r(pred):
+        return np.mean([np.corrcoef(pred[:, j], noise_free[:, j])[0, 1] for j in range(v)])
+
+    assert info["n_groups"] == 2 and deltas.shape == (2, v)
+    assert np.median(deltas[0] - deltas[1]) > 2  # band 1 is weighted down by e^2 or more
+    assert r(banded) > r(single) + 0.01
+
+
+def test_oracle_recovers_a_brain_made_of_its_regressors(tmp_path):
+    from giblet.evaluate.oracle import oracle_predict, true_regressors
+    from giblet.splits import plan_split
+    from giblet.config import load_config
+
+    rng = np.random.default_rng(2)
+    n, v = 200, 30
+    design = {"design_a_linear": rng.standard_normal((n, 3)), "design_b_nonlinear": rng.standard_normal((n, 2))}
+    np.savez(tmp_path / "truth.npz", **design, other=np.zeros(3))
+    X = np.concatenate([design["design_a_linear"], design["design_b_nonlinear"]], axis=1)
+    assert np.array_equal(true_regressors(tmp_path / "truth.npz"), X.astype(np.float32))
+    fmri = X @ rng.standard_normal((5, v)) + 0.3 * rng.standard_normal((n, v))
+    split = plan_split(n, n, load_config(None, ["split.lag_trs=4"])["split"]).to_dict()
+    manifest = {"arrays": {"truth": {"path": str(tmp_path / "truth.npz")}}, "split": split}
+    pred, true = oracle_predict(manifest, fmri)
+    test = range(*split["ranges"]["test"])
+    assert np.array_equal(true, fmri[test].astype(np.float32))
+    r = [np.corrcoef(pred[:, j], true[:, j])[0, 1] for j in range(v)]
+    assert min(r) > 0.9
+    assert oracle_predict({"arrays": {}, "split": split}, fmri) is None
