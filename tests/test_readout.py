@@ -1,5 +1,7 @@
 """The closed-form fMRI layer, the brain-shaped temporal filters, the banded baseline and the oracle."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -89,3 +91,46 @@ def test_oracle_recovers_a_brain_made_of_its_regressors(tmp_path):
     r = [np.corrcoef(pred[:, j], true[:, j])[0, 1] for j in range(v)]
     assert min(r) > 0.9
     assert oracle_predict({"arrays": {}, "split": split}, fmri) is None
+
+
+def test_decoders_that_return_the_true_stimulus_identify_every_tr():
+    from giblet.evaluate.decoding_identification import (decoded_descriptors, identification_scores,
+                                                         stimulus_descriptors)
+
+    rng = np.random.default_rng(3)
+    n = 12
+    stimulus = {"frames": rng.integers(0, 256, (n, 2, 12, 16, 3), dtype=np.uint8),
+                "codes": rng.integers(0, 32, (n, 2, 6)), "text": rng.standard_normal((n, 2, 8)).astype(np.float32),
+                "text_mask": rng.random((n, 2)) > 0.3}
+    stimulus["text_mask"][0] = False  # a TR without annotation is neither a query nor a candidate
+    logits = np.where(np.arange(32) == stimulus["codes"][..., None], 20.0, 0.0)
+    decoded = {"frames": stimulus["frames"] / 255.0, "code_logits": logits, "text": stimulus["text"]}
+    true = stimulus_descriptors(stimulus, 32)
+    perfect = identification_scores(decoded_descriptors(decoded, stimulus["text_mask"]), true)
+    assert {m: perfect[m]["top1"] for m in perfect} == {"frames": 1.0, "audio": 1.0, "text": 1.0}
+    assert perfect["text"]["n"] == int(stimulus["text_mask"].any(axis=1).sum()) < n
+    assert perfect["frames"]["chance_top1"] == pytest.approx(1 / n)
+    shuffled = {k: v[::-1] for k, v in decoded.items()}
+    wrong = identification_scores(decoded_descriptors(shuffled, stimulus["text_mask"][::-1]), true)
+    assert all(wrong[m]["top1"] <= 0.2 for m in wrong)
+
+
+def test_ridge_decoder_identifies_the_stimulus_the_brain_encodes_at_the_hemodynamic_delay(tmp_path):
+    """The brain at TR t is a noisy linear map of the frame descriptors at TR t - 3 (the decode delay):
+    the ridge decoder identifies frames far above chance, and audio, which the brain ignores, at chance."""
+    from giblet.evaluate.decoding_identification import decode_delay, ridge_decoder
+    from giblet.evaluate.ridge_features import frame_features
+    from tests.bundles import write_bundle
+
+    def frame_brain(rng, frames, n_voxels):
+        descriptors = frame_features(frames)
+        descriptors = (descriptors - descriptors.mean(0)) / descriptors.std(0)
+        drive = np.roll(descriptors, 3, axis=0) @ rng.standard_normal((descriptors.shape[1], n_voxels))
+        return drive + 0.5 * drive.std() * rng.standard_normal(drive.shape)
+
+    manifest_path = write_bundle(tmp_path, 300, frame_brain, fractions="{train: 0.5, val: 0.1, test: 0.4}")
+    manifest = json.loads(manifest_path.read_text())
+    assert decode_delay(manifest) == 3
+    scores = ridge_decoder(manifest, np.load(manifest["arrays"]["fmri"]["path"]), n_components=20)
+    assert scores["frames"]["top1"] >= 0.6 > 5 * scores["frames"]["chance_top1"]
+    assert scores["audio"]["top1"] <= 0.35

@@ -26,6 +26,7 @@ import numpy as np
 from giblet.errors import InputError
 from giblet.evaluate import metrics as M
 from giblet.evaluate.brain_maps import plot_r_map, r_map_image
+from giblet.evaluate.decoding_identification import decoded_descriptors, identification_scores, stimulus_descriptors
 from giblet.evaluate.decoding_metrics import code_metrics, frame_metrics, text_metrics
 from giblet.evaluate.load import load_model, predict
 from giblet.evaluate.oracle import oracle_predict
@@ -118,7 +119,7 @@ def load_ceiling(manifest: dict) -> tuple[np.ndarray | None, str, str | None]:
     return None, "none", None
 
 
-def _by_region(manifest: dict, r: np.ndarray, ceiling: np.ndarray | None) -> dict | None:
+def by_region(manifest: dict, r: np.ndarray, ceiling: np.ndarray | None) -> dict | None:
     """Demo only: mean r (and ceiling) per simulated region (``truth.npz`` ``region``/``region_names``)."""
     if "truth" not in manifest["arrays"]:
         return None
@@ -149,7 +150,7 @@ def oracle_metrics(manifest: dict, ceiling: np.ndarray | None, reliable: np.ndar
     r = M.pearson_columns(*predicted)
     ours, best = model_fmri["r_mean_reliable"], scores["r_mean_reliable"]
     return {"method": "ridge on truth.npz's true regressors (design_*), fit on train+val, one alpha per voxel",
-            "fmri": scores, "by_region": _by_region(manifest, r, ceiling),
+            "fmri": scores, "by_region": by_region(manifest, r, ceiling),
             "fraction_of_oracle": ours / best if ours is not None and best else None}
 
 
@@ -166,6 +167,14 @@ def _train_mean_frame(manifest: dict) -> np.ndarray | None:
     for a in range(start, stop, 64):
         total += np.asarray(frames[a + shift:min(a + 64, stop) + shift], dtype=np.float64).sum(axis=0)
     return total / (stop - start) / 255.0
+
+
+def model_decoding_identification(predictions, manifest: dict) -> dict:
+    """Per modality, how well the decoders' output identifies the test TR's stimulus
+    (giblet.evaluate.decoding_identification; the ridge decoder in ridge.json is scored alike)."""
+    codebook = manifest.get("modalities", {}).get("audio", {}).get("codebook_size")
+    true = stimulus_descriptors(predictions.stimulus, codebook)
+    return identification_scores(decoded_descriptors(predictions.decoded, predictions.stimulus.get("text_mask")), true)
 
 
 def decoding_metrics(decoded: dict, stimulus: dict, manifest: dict) -> dict:
@@ -239,9 +248,10 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out_dir: str | P
                                       else "all voxels (no ceiling in the manifest)"),
                     "reliable_threshold": reliable_threshold if ceiling is not None else None},
         "fmri": fmri,
-        "by_region": _by_region(manifest, r, ceiling),
+        "by_region": by_region(manifest, r, ceiling),
         "oracle": oracle,
         "decoding": decoding_metrics(predictions.decoded, predictions.stimulus, manifest),
+        "decoding_identification": model_decoding_identification(predictions, manifest),
     }
     null = fmri.get("null")
     threshold = max(null["voxel_r_p95"], 0.01) if null else 0.1

@@ -223,7 +223,8 @@ def write_ridge_baseline(manifest_path, out_json, reliable_threshold: float = 0.
     """Fit the baseline and score it with exactly the model's test metrics (giblet.evaluate.metrics);
     writes ``out_json`` (the ``fmri`` section has the same keys as metrics.json's)."""
     from giblet.evaluate import metrics as M
-    from giblet.evaluate.evaluate import load_ceiling
+    from giblet.evaluate.decoding_identification import ridge_decoder
+    from giblet.evaluate.evaluate import by_region, load_ceiling
     from giblet.files import write_json
 
     manifest = as_manifest(manifest_path)
@@ -233,10 +234,15 @@ def write_ridge_baseline(manifest_path, out_json, reliable_threshold: float = 0.
     scores = M.fmri_metrics(result.pred_test, result.true_test, ceiling, reliable, n_null=n_null, seed=seed,
                             min_shift=int(manifest["lag_trs"]))
     alphas = result.best_alphas
+    fmri = np.load(manifest["arrays"]["fmri"]["path"], mmap_mode="r")
     out = {"format": "giblet.ridge/1", "manifest": str(manifest_path), "split": result.info["test_block"],
            "n_test": len(result.targets_test), "ceiling": source, "fmri": scores,
+           "by_region": by_region(manifest, result.r(), ceiling),
            "alphas": {"median": float(np.median(alphas)), "at_grid_max": float(np.mean(alphas == alphas.max())),
                       "grid": [float(a) for a in DEFAULT_ALPHAS]},
-           "info": result.info}
+           "info": result.info,
+           "decoding_identification": ridge_decoder(manifest, fmri),
+           "decoder": "the brain's first 256 principal components (fitted on the fit TRs) -> ridge to each modality's "
+                      "descriptor (giblet.evaluate.decoding_identification)"}
     write_json(out_json, out)
     return out

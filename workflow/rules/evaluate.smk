@@ -59,14 +59,16 @@ rule evaluate:
 
 
 rule baseline_ridge:
-    """The standard baseline: himalaya ridge on lagged stimulus features, same split, same metrics."""
+    """The standard baselines: himalaya banded ridge on lagged stimulus features (encoding) and ridge
+    from the brain's principal components (decoding); same split, same metrics."""
     input:
         manifest=DATASET["manifest"],
     output:
         ridge=EVALUATE["ridge"],
     params:
         evaluate=evaluate_params("reliable_threshold", "null_shifts"),
-        code=source_hash("evaluate/ridge.py", "evaluate/ridge_features.py", "evaluate/metrics.py"),
+        code=source_hash("evaluate/ridge.py", "evaluate/ridge_features.py", "evaluate/metrics.py",
+                         "evaluate/decoding_identification.py", "evaluate/evaluate.py", "splits.py"),
     log:
         f"{LOGS}/baseline_ridge.log",
     script:

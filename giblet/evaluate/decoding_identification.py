@@ -1,0 +1,127 @@
+"""Decoding scored by identification: which test TR's stimulus does a decoding from the brain match?
+
+For every test TR, the stimulus is decoded from the measured brain, turned into a per-modality
+*descriptor*, and ranked against the true descriptors of all test TRs (Pearson r across descriptor
+dimensions after centring each dimension over the test TRs, as in
+:func:`giblet.evaluate.metrics.identification`). The descriptors are the ridge baseline's raw
+per-TR stimulus features (:mod:`giblet.evaluate.ridge_features`), so the model's decoders and the
+ridge decoder are scored in one space:
+
+- frames: the TR's mean frame on a 6 x 8 colour grid plus its motion-energy map;
+- audio: per-codebook square-root code frequencies (for the model: its softmax probabilities
+  averaged over the TR's code frames);
+- text: the mean embedding of the TR's annotations (TRs without one are left out).
+
+The ridge decoder (:func:`ridge_decoder`) is the standard baseline: the brain reduced by a PCA fitted
+on the fit TRs, then per-output ridge (alpha by time-blocked CV) to each modality's descriptor.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from giblet.evaluate.metrics import identification
+from giblet.evaluate.ridge_features import code_features, frame_features, text_features
+from giblet.splits import Split, blocked_cv
+
+N_BRAIN_COMPONENTS = 256
+ALPHAS = np.logspace(-1, 6, 15)
+
+
+def stimulus_descriptors(stimulus: dict, codebook_size: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """True stimulus (``frames`` uint8 (N, F, H, W, 3), ``codes`` (N, n_q, Fa), ``text`` (N, k, d) and
+    ``text_mask`` (N, k)) -> {modality: (descriptors (N, p), valid (N,) bool)}."""
+    out = {}
+    if "frames" in stimulus:
+        frames = np.asarray(stimulus["frames"])
+        out["frames"] = (frame_features(frames), np.ones(len(frames), bool))
+    if "codes" in stimulus:
+        codes = np.asarray(stimulus["codes"])
+        out["audio"] = (code_features(codes, codebook_size or int(codes.max()) + 1), np.ones(len(codes), bool))
+    if "text" in stimulus:
+        mask = np.asarray(stimulus.get("text_mask", np.ones(np.shape(stimulus["text"])[:2], bool)), bool)
+        mean, no_text = text_features(stimulus["text"], mask)
+        out["text"] = (mean, no_text[:, 0] == 0)
+    return out
+
+
+def decoded_descriptors(decoded: dict, text_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The model's decoder outputs in the descriptor space of :func:`stimulus_descriptors`.
+
+    ``frames`` (N, F, H, W, 3) in [0, 1]; ``code_logits`` (N, n_q, Fa, C): softmax, averaged over
+    the code frames, square-rooted (the expected code frequencies); ``text`` (N, k, d): the mean
+    over the slots ``text_mask`` marks (all slots without one).
+    """
+    out = {}
+    if "frames" in decoded:
+        out["frames"] = frame_features(np.asarray(decoded["frames"], np.float32) * 255.0)
+    if "code_logits" in decoded:
+        logits = np.asarray(decoded["code_logits"], np.float64)
+        probabilities = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        probabilities /= probabilities.sum(axis=-1, keepdims=True)
+        out["audio"] = np.sqrt(probabilities.mean(axis=2)).reshape(len(logits), -1).astype(np.float32)
+    if "text" in decoded:
+        text = np.asarray(decoded["text"], np.float32)
+        mask = np.ones(text.shape[:2], bool) if text_mask is None else np.asarray(text_mask, bool)
+        out["text"] = text_features(text, mask)[0]
+    return out
+
+
+def identification_scores(predicted: dict, true: dict) -> dict:
+    """{modality: identification of each valid test TR among the valid test TRs} (top-1/top-5, chance)."""
+    out = {}
+    for modality, (descriptors, valid) in true.items():
+        if modality not in predicted or valid.sum() < 2:
+            continue
+        scores = identification(np.asarray(predicted[modality])[valid], descriptors[valid])
+        out[modality] = {k: scores[k] for k in ("top1", "top5", "chance_top1", "chance_top5")}
+        out[modality]["n"] = int(valid.sum())
+    return out
+
+
+def decode_delay(manifest: dict) -> int:
+    """TRs between a decoded stimulus TR and the end of its window: the model's ``decode_delay_trs``."""
+    from giblet.timing import hrf_peak_trs
+
+    return min(hrf_peak_trs(manifest["tr"]), int(manifest["lag_trs"]) - 1)
+
+
+def decoded_stimulus_trs(split: Split, targets, delay: int) -> np.ndarray:
+    """The stimulus TR each target's brain is decoded into: its window's end minus ``delay``."""
+    return np.array([split.window(int(t))[1] - 1 - delay for t in targets], dtype=np.int64)
+
+
+def _load_stimulus(manifest: dict, trs: np.ndarray) -> dict:
+    arrays = manifest["arrays"]
+    roles = {"frames": "frames", "audio_codes": "codes", "text": "text", "text_mask": "text_mask"}
+    return {key: np.asarray(np.load(arrays[role]["path"], mmap_mode="r")[trs])
+            for role, key in roles.items() if role in arrays}
+
+
+def ridge_decoder(manifest: dict, fmri: np.ndarray, fit_blocks=("train", "val"), test_block: str = "test",
+                  n_components: int = N_BRAIN_COMPONENTS, n_folds: int = 5) -> dict:
+    """The ridge decoder baseline's identification scores on ``test_block`` (see the module docstring).
+
+    The brain rows of the fit targets give the PCA (centred on them) and the ridge fits; the
+    descriptors are those of the stimulus TR the model decodes (:func:`decoded_stimulus_trs`). Each
+    descriptor dimension gets its own alpha among ``ALPHAS``.
+    """
+    from giblet.evaluate.ridge import ridge_cv_predict
+
+    split = Split.from_dict(manifest["split"])
+    delay = decode_delay(manifest)
+    fit = np.concatenate([np.asarray(split.targets(b)) for b in fit_blocks if b in split.ranges])
+    test = np.asarray(split.targets(test_block))
+    brain_fit, brain_test = np.asarray(fmri[fit], np.float64), np.asarray(fmri[test], np.float64)
+    mean = brain_fit.mean(axis=0)
+    _, _, vt = np.linalg.svd(brain_fit - mean, full_matrices=False)
+    basis = vt[:min(n_components, len(fit) - 1)].T                                  # (V, c)
+    X_fit, X_test = (brain_fit - mean) @ basis, (brain_test - mean) @ basis
+    codebook = manifest.get("modalities", {}).get("audio", {}).get("codebook_size")
+    true_fit = stimulus_descriptors(_load_stimulus(manifest, decoded_stimulus_trs(split, fit, delay)), codebook)
+    true_test = stimulus_descriptors(_load_stimulus(manifest, decoded_stimulus_trs(split, test, delay)), codebook)
+    predicted = {}
+    for modality, (Y, valid) in true_fit.items():
+        cv = blocked_cv(fit[valid], n_folds, split.lag_trs)
+        predicted[modality], _, _ = ridge_cv_predict(X_fit[valid], Y[valid], X_test, ALPHAS, cv, solver="primal")
+    return identification_scores(predicted, true_test)
