@@ -15,7 +15,8 @@ Printed per seed, and as mean ± sd over seeds, everything on the held-out test 
 - fraction of the exact noise ceiling over reliable voxels (mean r / mean ceiling), overall and
   per simulated region, and mean r over reliable voxels;
 - timepoint identification top-1 / top-5 among the test TRs;
-- decoding from the measured brain, per modality;
+- decoding identification top-1 per modality (``dec_<modality>_top1``): the stimulus decoded from the
+  measured brain, ranked among the test TRs' stimuli; the baseline row is the ridge decoder;
 - for the model, the banded ridge baseline (``ridge.json``), the oracle (ridge on the demo's true
   regressors, in ``metrics.json``) and chance;
 - wall time per stage (the sum over a stage's jobs, from the Snakemake log of the run that last ran it).
@@ -123,13 +124,11 @@ def seed_table(run: dict) -> dict[str, dict[str, float | None]]:
         row.update({f"frac_{k}": v for k, v in _region_fractions(regions).items()})
         table[name] = row
     table["chance"] = {"frac_ceiling": 0.0, "r_reliable": 0.0, "top1": ident["chance_top1"], "top5": ident["chance_top5"]}
-    decoding = metrics.get("decoding") or {}
-    if "text" in decoding:
-        table["model"]["text_top1"] = decoding["text"].get("top1")
-        table["chance"]["text_top1"] = decoding["text"].get("chance_top1")
-    if "frames" in decoding:
-        table["model"]["frames_pixel_r"] = decoding["frames"].get("pixel_r")
-        table["chance"]["frames_pixel_r"] = decoding["frames"].get("baseline_pixel_r")
+    for name, decoding in (("model", metrics.get("decoding_identification")),
+                           ("banded ridge", ridge.get("decoding_identification"))):
+        for modality, scores in (decoding or {}).items():
+            table[name][f"dec_{modality}_top1"] = scores["top1"]
+            table["chance"][f"dec_{modality}_top1"] = scores["chance_top1"]
     return table
 
 

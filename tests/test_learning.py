@@ -35,7 +35,8 @@ def pearson_per_column(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def trained(tmp_path_factory):
     root = copy_workflow(tmp_path_factory.mktemp("learning"))
     overlay = write_overlay(root, LEARNING_DEMO, "learning.yaml")
-    result = snakemake(root, "results/train/model.pt", "--configfile", overlay)
+    result = snakemake(root, "results/evaluate/metrics/metrics.json", "results/evaluate/ridge.json",
+                       "--configfile", overlay)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
     return root / "results"
 
@@ -75,3 +76,23 @@ def test_held_out_fmri_prediction_beats_chance_and_approaches_the_ceiling(traine
     history = [json.loads(line) for line in (trained / "train" / "history.jsonl").read_text().splitlines()]
     val_r = [h["val/fmri_r_mean"] for h in history if "val/fmri_r_mean" in h]
     assert len(val_r) == 10 and max(val_r[-3:]) > val_r[0]
+
+
+@pytest.mark.slow
+def test_the_model_beats_the_banded_ridge_baseline_and_decodes_above_chance(trained):
+    """Same data, same split, same test block, same metric code: the model must predict the reliable
+    voxels better than himalaya's banded ridge on hand-made features, and decode every modality's
+    stimulus from the measured brain better than chance (identification among the test TRs)."""
+    metrics = json.loads((trained / "evaluate" / "metrics" / "metrics.json").read_text())
+    ridge = json.loads((trained / "evaluate" / "ridge.json").read_text())
+    model_fraction = metrics["fmri"]["fraction_of_ceiling"]["ratio_of_means"]
+    ridge_fraction = ridge["fmri"]["fraction_of_ceiling"]["ratio_of_means"]
+    oracle_fraction = metrics["oracle"]["fmri"]["fraction_of_ceiling"]["ratio_of_means"]
+    print(f"fraction of the ceiling: model {model_fraction:.3f}, banded ridge {ridge_fraction:.3f}, "
+          f"oracle {oracle_fraction:.3f}; decoding {metrics['decoding_identification']}")
+    assert model_fraction > ridge_fraction
+    assert model_fraction < oracle_fraction  # the oracle knows the true regressors: a leak would beat it
+    assert metrics["oracle"]["fraction_of_oracle"] == pytest.approx(
+        metrics["fmri"]["r_mean_reliable"] / metrics["oracle"]["fmri"]["r_mean_reliable"])
+    for modality, scores in metrics["decoding_identification"].items():
+        assert scores["top5"] > 2 * scores["chance_top5"], modality

@@ -104,12 +104,12 @@ def test_every_tr_of_the_window_changes_the_prediction(names):
             diff = (m.encode(changed) - base).abs().amax(dim=1)
             assert (diff > 1e-6).all(), f"TR {t} of the window does not reach the prediction"
     # the window is the input: the decoder reads only the brain, and encode only the batch's window
-    assert m.temporal.position.shape[0] == LAG
+    assert m.temporal.weight.shape[-1] == LAG
 
 
 def test_causal_stack_sees_only_the_past():
-    """Inside the causal stack, position t never depends on later positions."""
-    m = model().eval()
+    """Inside the causal stack (temporal="conv"), position t never depends on later positions."""
+    m = model(temporal="conv", fusion="sum").eval()
     x = torch.randn(2, LAG, m.config()["dim"])
     with torch.no_grad():
         h = m.temporal.position[None] + x
@@ -295,7 +295,7 @@ def test_tiny_preset_is_small_and_presets_grow():
     # the receptive field of the causal stack covers the window for every preset and lag
     for preset, lag in itertools.product(MODEL_PRESETS, (1, 6, 10, 40)):
         with torch.device("meta"):
-            m = BrainAutoencoder.from_manifest(dict(demo, lag_trs=lag), preset)
+            m = BrainAutoencoder.from_manifest(dict(demo, lag_trs=lag), preset, temporal="conv")
         k = m.config()["kernel_size"]
         dilations = [blk.pad // (k - 1) for blk in m.temporal.blocks]
         assert 1 + (k - 1) * sum(dilations) >= lag

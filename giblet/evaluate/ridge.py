@@ -77,7 +77,7 @@ def ridge_cv_predict(X_fit: np.ndarray, Y_fit: np.ndarray, X_pred: np.ndarray, a
 
 
 def banded_ridge_predict(X_fit: np.ndarray, Y_fit: np.ndarray, X_pred: np.ndarray, groups: np.ndarray,
-                         alphas=DEFAULT_ALPHAS, cv=5, n_iter: int = 20, voxel_chunk: int = 8192,
+                         alphas=DEFAULT_ALPHAS, cv=5, n_iter: int = 20, voxel_chunk: int = 65536,
                          random_state: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
     """Banded ridge: one penalty per feature group (modality) and per voxel, chosen by CV.
 
@@ -87,7 +87,9 @@ def banded_ridge_predict(X_fit: np.ndarray, Y_fit: np.ndarray, X_pred: np.ndarra
     float32, info)``: ``deltas`` are himalaya's log group scalings (``exp(deltas[g]) / alpha`` is the
     weight of group g; a group the CV finds useless gets a very negative delta). Every voxel gets its
     own scalings, so a visual voxel can ignore the text features and a language voxel the frames.
-    Numpy backend, float32, intercept fitted, ``voxel_chunk`` voxels at a time.
+    Numpy backend, float32, intercept fitted, ``voxel_chunk`` voxels per fit: each fit costs
+    ``n_iter * n_folds`` decompositions of ``X_fit`` whatever its voxel count (himalaya batches the
+    voxels inside), so the default fits a 4 mm brain at once.
     """
     from himalaya.backend import set_backend
     from himalaya.ridge import BandedRidgeCV
