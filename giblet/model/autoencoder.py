@@ -7,8 +7,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from giblet.model.decoders import Bottleneck, CodeHead, FrameHead, TextHead
-from giblet.model.encoders import (CausalTemporal, CodeEncoder, FrameEncoder, HemodynamicFilters, Interactions,
-                                   TextEncoder)
+from giblet.model.encoders import CausalTemporal, CodeEncoder, FrameEncoder, HemodynamicFilters, TextEncoder
 from giblet.timing import hrf_peak_trs
 
 # Widths/depths. ``tiny`` trains on CPU in CI (< 1 M parameters excluding the two V-sized layers).
@@ -48,7 +47,7 @@ class BrainAutoencoder(nn.Module):
                  decode_delay_trs: int = 0, gradient_checkpointing: bool = False, dim: int, frame_channels: list[int], frame_stem: int, code_depth: int,
                  temporal_depth: int, kernel_size: int, hidden: int, frame_head_channels: int, frame_head_up: int,
                  code_rank: int, dropout: float, fusion: str = "sum", temporal: str = "conv",
-                 hrf_filters: int = 2, tr: float = 1.5, interactions: bool = False):
+                 hrf_filters: int = 2, tr: float = 1.5):
         super().__init__()
         unknown = set(modalities) - {"frames", "audio", "text"}
         if unknown or not modalities:
@@ -60,8 +59,7 @@ class BrainAutoencoder(nn.Module):
                         "temporal_depth": temporal_depth, "kernel_size": kernel_size, "hidden": hidden,
                         "frame_head_channels": frame_head_channels, "frame_head_up": frame_head_up,
                         "code_rank": code_rank, "dropout": float(dropout), "fusion": fusion,
-                        "temporal": temporal, "hrf_filters": int(hrf_filters), "tr": float(tr),
-                        "interactions": bool(interactions)}
+                        "temporal": temporal, "hrf_filters": int(hrf_filters), "tr": float(tr)}
         self.modalities, self.n_voxels, self.lag = self._config["modalities"], int(n_voxels), int(lag_trs)
         if not 0 <= decode_delay_trs < self.lag:
             raise ValueError(f"decode_delay_trs={decode_delay_trs} must be in [0, lag_trs={self.lag})")
@@ -88,15 +86,13 @@ class BrainAutoencoder(nn.Module):
         # embedding is mostly a constant (the background, the average code) with a small per-TR part,
         # and only the per-TR part predicts the brain (without this the encoders' output barely varied
         # across TRs and the fMRI layer learned the mean: validation r = 0.00).
-        self.interactions = nn.ModuleDict({name: Interactions(dim) for name in self.encoders} if interactions else {})
-        per_modality = 2 * dim if interactions else dim
-        self.modality_norms = nn.ModuleDict({name: nn.BatchNorm1d(per_modality) for name in self.encoders})
+        self.modality_norms = nn.ModuleDict({name: nn.BatchNorm1d(dim) for name in self.encoders})
         if fusion not in ("sum", "concat"):
             raise ValueError(f"fusion must be 'sum' or 'concat', not {fusion!r}")
         # concat keeps each modality's features apart: the brain's feature space is their union
         # (a language voxel's conjunctions must not share dimensions with a visual voxel's products).
         self.fusion = fusion
-        width = per_modality * (len(self.encoders) if fusion == "concat" else 1)
+        width = dim * (len(self.encoders) if fusion == "concat" else 1)
         if temporal == "conv":
             self.temporal = CausalTemporal(width, self.lag, temporal_depth, kernel_size, dropout,
                                            gradient_checkpointing)
@@ -165,8 +161,6 @@ class BrainAutoencoder(nn.Module):
                                            mask.reshape(b * lag, *mask.shape[2:])))
         if lag > self.lag:
             raise ValueError(f"window of {lag} TRs is longer than the model's lag_trs={self.lag}")
-        if self.interactions:
-            parts = [self.interactions[name](part) for name, part in zip(self.encoders, parts)]
         normed = [self.modality_norms[name](part) for name, part in zip(self.encoders, parts)]
         per_tr = torch.cat(normed, dim=1) if self.fusion == "concat" else sum(normed)
         return self.temporal(per_tr.reshape(b, lag, -1))  # (B, lag, width) -> (B, n_features)

@@ -162,19 +162,3 @@ class HemodynamicFilters(nn.Module):
             x = F.pad(x, (self.lag - x.shape[-1], 0))
         return F.conv1d(x, self.weight.to(x.dtype), groups=x.shape[1]).squeeze(-1)
 
-
-class Interactions(nn.Module):
-    """A modality's per-TR features and their learned pairwise interactions: ``(N, dim) -> (N, 2 * dim)``.
-
-    The second half is ``(A z) * (B z)``: each output is a product of two learned linear
-    combinations of the features, so any product of two latent quantities the encoder has found
-    (where *and* how big, which character *and* which action) is one linear readout away. Brains
-    respond to such conjunctions, and a linear readout of the features alone cannot make them.
-    """
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.left, self.right = nn.Linear(dim, dim), nn.Linear(dim, dim)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.cat([z, self.left(z) * self.right(z)], dim=-1)
