@@ -188,6 +188,24 @@ def test_group_mean_and_isc_equal_numpy(tmp_path, monkeypatch):
     assert json.loads((out / "group.json").read_text())["shape"] == list(group.shape)
 
 
+def test_isc_is_computed_on_the_given_trs_only(tmp_path):
+    """Reliability chosen on the training block never sees the test block: the ISC over TRs [10, 30)
+    equals numpy's on those TRs, and the group mean still covers every TR."""
+    bold = make_subjects(tmp_path / "in", n=3, n_trs=40)
+    info, mask = prepared(tmp_path, bold)
+    z_paths = normalized_all(tmp_path, bold, info, mask)
+    out = tmp_path / "fmri"
+    average_subjects(z_paths, out / "group.npy", out / "ceiling.npz", progress=False, isc_trs=(10, 30))
+    subjects = np.stack([np.load(p) for p in z_paths]).astype(np.float64)[:, 10:30]
+    rho = np.array([np.mean([np.corrcoef(subjects[a, :, v], subjects[b, :, v])[0, 1]
+                             for a, b in [(0, 1), (0, 2), (1, 2)]]) for v in range(subjects.shape[2])])
+    ceiling = np.load(out / "ceiling.npz")
+    np.testing.assert_allclose(ceiling["isc"], rho, atol=1e-5)
+    assert ceiling["isc_trs"].tolist() == [10, 30] and np.load(out / "group.npy").shape[0] == 40
+    with pytest.raises(ValueError, match="do not lie inside"):
+        average_subjects(z_paths, out / "group.npy", out / "ceiling.npz", progress=False, isc_trs=(30, 50))
+
+
 def test_isc_ceiling_matches_demo_truth(tmp_path, small_demo):
     """3 subjects, 100 TRs, 8 mm: mean over signal voxels within 0.03 of the exact ceilings."""
     bold = {f"{k + 1:02d}": p for k, p in enumerate(small_demo["bold"])}

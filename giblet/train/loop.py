@@ -65,6 +65,7 @@ def reliable_voxel_mask(manifest: dict) -> torch.Tensor:
             return torch.from_numpy(reliable)
     return torch.ones(n_voxels, dtype=torch.bool)
 
+
 def default_params(params: dict) -> dict:
     """``params`` (a partial ``train`` config section) validated, with the schema's defaults filled in."""
     from giblet.config import load_config
