@@ -78,9 +78,11 @@ def stage_seconds(log_text: str) -> dict[str, float]:
 def run_seed(seed: int, quick: bool, cores: int) -> dict:
     """Run (or bring up to date) one seed's pipeline; returns its metrics, baseline and stage times."""
     overlay, results = seed_config(seed, quick)
-    targets = [results / "evaluate" / "metrics" / "metrics.json", results / "evaluate" / "ridge.json"]
+    # Relative to the workflow directory, as the rules name them.
+    targets = [(results / "evaluate" / "metrics" / "metrics.json").relative_to(REPO),
+               (results / "evaluate" / "ridge.json").relative_to(REPO)]
     command = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile",
-               "config/benchmark.yaml", str(overlay), "--", *map(str, targets)]
+               "config/benchmark.yaml", str(overlay.relative_to(REPO)), "--", *map(str, targets)]
     started = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     wall = time.perf_counter() - started
@@ -92,7 +94,8 @@ def run_seed(seed: int, quick: bool, cores: int) -> dict:
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
     times.update(stage_seconds(done.stdout + done.stderr))
     times_path.write_text(json.dumps(times, indent=1))
-    return {"seed": seed, "metrics": json.loads(targets[0].read_text()), "ridge": json.loads(targets[1].read_text()),
+    return {"seed": seed, "metrics": json.loads((REPO / targets[0]).read_text()),
+            "ridge": json.loads((REPO / targets[1]).read_text()),
             "stage_seconds": times, "wall_seconds_this_run": wall}
 
 
