@@ -13,13 +13,13 @@ from giblet.timing import hrf_kernel
 from giblet.train.readout import ridge_weights
 
 
-def test_ridge_weights_equal_the_closed_form_ridge_on_standardized_features():
+def test_ridge_weights_equal_the_closed_form_ridge_on_centred_features():
     rng = np.random.default_rng(0)
     n, q, v = 120, 6, 5
     X = rng.standard_normal((n, q)) * rng.uniform(0.5, 3, q) + rng.uniform(-2, 2, q)
     Y = (X @ rng.standard_normal((q, v)) + rng.standard_normal((n, v)) * np.linspace(0.1, 5, v)).astype(np.float32)
     weight, bias, alphas = ridge_weights(X, Y, np.arange(n), lag_trs=2, alphas=np.logspace(-2, 4, 7))
-    Z = (X - X.mean(0)) / X.std(0)
+    Z = X - X.mean(0)
     Yc = Y - Y.mean(0)
     for j in range(v):  # numpy reference with the alpha CV chose for that voxel
         coef = np.linalg.solve(Z.T @ Z + alphas[j] * np.eye(q), Z.T @ Yc[:, j])

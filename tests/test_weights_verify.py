@@ -100,12 +100,12 @@ def test_healthy_untrained_model_is_ok_with_structural_notes(bundle, untrained, 
     assert report["flags"] == [] and report["counts"]["failed"] == report["counts"]["warnings"] == 0
     tensors = report["tensors"]
     # Zero-initialized fMRI layer, BatchNorm counters and running statistics: noted, never flagged.
-    for name in ("to_fmri.bias", "to_fmri.weight", "temporal.position", "modality_norms.frames.running_var",
+    for name in ("to_fmri.bias", "to_fmri.weight", "modality_norms.frames.running_var",
                  "modality_norms.frames.running_mean", "modality_norms.frames.num_batches_tracked"):
         assert tensors[name]["flags"] == [] and tensors[name]["notes"][0].startswith("structural:"), name
     assert "predicts the mean" in tensors["to_fmri.bias"]["notes"][0]
     assert tensors["modality_norms.audio.num_batches_tracked"]["kind"] == "counter"
-    assert tensors["to_fmri.weight"]["zero_fraction"] == 1.0 and tensors["to_fmri.weight"]["shape"] == [N_VOXELS, 32]
+    assert tensors["to_fmri.weight"]["zero_fraction"] == 1.0 and tensors["to_fmri.weight"]["shape"] == [N_VOXELS, 384]
     assert json.loads((tmp_path / "weights.json").read_text()) == report
     assert (tmp_path / "weights.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -125,11 +125,14 @@ def test_trained_model_and_its_8bit_optimizer_state_are_ok(bundle, trained, tmp_
     report = examine_weights(trained, tmp_path / "weights.json", tmp_path / "weights.png", checkpoint_path=checkpoint)
     assert report["verdict"] == "ok", report["flags"]
     optimizer = report["optimizer"]
-    assert optimizer["kind"] == ["8bit"] and optimizer["n_states"] == report["counts"]["parameters"]
+    # every parameter has optimizer state but the decoder bottleneck, fixed to the brain's principal components
+    assert sorted(optimizer["without_state"]) == ["bottleneck.linear.bias", "bottleneck.linear.weight"]
+    assert optimizer["kind"] == ["8bit"] and optimizer["n_states"] == report["counts"]["parameters"] - 2
     assert {t["state"] for t in optimizer["tensors"].values()} == {"8bit", "float"}  # large tensors quantized
     quantized = next(t for t in optimizer["tensors"].values() if t["state"] == "8bit")
     assert quantized["exp_avg_sq"]["absmax_finite"] and quantized["exp_avg_sq"]["min_code_value"] >= 0
-    assert any("bit-identical" in n for n in report["tensors"]["modality_norms.audio.bias"]["notes"])
+    # concatenated modalities: each BatchNorm bias gets its own gradient (summed ones would be bit-identical)
+    assert not any("bit-identical" in n for n in report["tensors"]["modality_norms.audio.bias"]["notes"])
 
     result = verify_checkpoint(trained, bundle, tmp_path / "verify.json")
     source = result["checks"]["checkpoint"]
@@ -141,19 +144,19 @@ def test_nan_fails_the_weights_verdict_and_the_verification(bundle, trained, tmp
     def nan(t):
         t.view(-1)[3] = float("nan")
         return t
-    model = tampered(trained, tmp_path / "nan", temporal__blocks__0__conv__weight=nan)
+    model = tampered(trained, tmp_path / "nan", temporal__weight=nan)
     report = examine_weights(model, tmp_path / "weights.json", tmp_path / "weights.png")
     assert report["verdict"] == "failed"
     assert [(f["tensor"], f["flag"], f["severity"]) for f in report["flags"]] == \
-        [("temporal.blocks.0.conv.weight", "non_finite", "failed")]
-    assert report["tensors"]["temporal.blocks.0.conv.weight"]["n_nan"] == 1
+        [("temporal.weight", "non_finite", "failed")]
+    assert report["tensors"]["temporal.weight"]["n_nan"] == 1
     assert (tmp_path / "weights.png").exists()  # a sick model is reported, not raised
 
     out = tmp_path / "nan" / "verify.json"
     out.write_text("{}")  # a stale result of an earlier run must not survive a failure
     with pytest.raises(InputError) as error:
         verify_checkpoint(model, bundle, out)
-    assert error.value.path == model and "temporal.blocks.0.conv.weight" in str(error.value)
+    assert error.value.path == model and "temporal.weight" in str(error.value)
     assert "finite" in str(error.value)
     assert_no_outputs(tmp_path / "nan")
 

@@ -34,9 +34,9 @@ Flags (thresholds in :data:`THRESHOLDS`):
 
 Not flagged: integer buffers (BatchNorm's ``num_batches_tracked`` counter: noted with its value).
 Noted as structural: biases followed by BatchNorm (the batch mean cancels them, so they get no
-gradient) and tensors bit-identical to another (e.g. the per-modality BatchNorm biases: the normalized
-modalities are summed, so the biases get identical gradients from the same zero init and only their sum
-matters). Against the fresh model: a tensor of the architecture missing from the state dict is a
+gradient) and tensors bit-identical to another (e.g. the per-modality BatchNorm biases of a model with
+``fusion: sum``: the normalized modalities are summed, so the biases get identical gradients from the
+same zero init and only their sum matters). Against the fresh model: a tensor of the architecture missing from the state dict is a
 failure (``missing``), one the architecture does not have a warning (``unexpected``).
 """
 

@@ -26,7 +26,9 @@ Checks (each recorded in ``verify.json["checks"]`` as ``{"ok": true, "detail": .
     checkpoint the weights came from (``model.pt["weights"]``: ``best.pt`` or ``latest.pt`` at the
     recorded step, or another index entry of that step; for a model.pt written before ``weights`` was
     recorded, ``latest.pt`` then ``best.pt``) exists, its sha256 equals the index's, it was trained on
-    the same manifest digest, and its ``model`` state is bit-for-bit the state dict of ``model.pt``.
+    the same manifest digest, and its ``model`` state is bit-for-bit the state dict of ``model.pt``
+    (but for the fMRI layer ``to_fmri``, when ``model.pt["weights"]["readout"]`` says training refitted
+    it in closed form after choosing these weights: there only shapes and dtypes must match).
     Without an index the check is recorded as skipped (ok): only model.pt's own sha256 identifies it.
 
 Any failure raises ``InputError(model_path, "<every reason>")`` (``InputError(manifest_path, ...)``
@@ -46,6 +48,9 @@ from giblet.evaluate.weights import read_checkpoint_file, read_model_file, train
 from giblet.files import jsonable, sha256_file, write_json
 
 SPLIT_ORDER = ("val", "test", "train")  # the split the forward-pass sample comes from (first present)
+
+# The state-dict prefix of the layer that train.readout: ridge refits after training.
+REFITTED_PREFIX = "to_fmri."
 
 
 def _fail(out_json: Path, error: InputError) -> None:
@@ -89,6 +94,8 @@ def _check_provenance(model_path: Path, saved: dict, state_dict: dict) -> tuple[
     if not names:
         why = f"{index_path} lists no checkpoint for the model's weights ({how})"
         return {"ok": False, "detail": why}, why
+    # train.readout: ridge refits the fMRI layer after training: the checkpoint holds the rest bit for bit.
+    refitted = {k for k in state_dict if k.startswith(REFITTED_PREFIX)} if (saved.get("weights") or {}).get("readout") else set()
     tried = []
     for name in names:
         path, entry = directory / name, index["files"][name]
@@ -106,7 +113,7 @@ def _check_provenance(model_path: Path, saved: dict, state_dict: dict) -> tuple[
         model = state.get("model", {})
         same = model.keys() == state_dict.keys() and all(
             model[k].shape == state_dict[k].shape and model[k].dtype == state_dict[k].dtype
-            and torch.equal(model[k], state_dict[k]) for k in model)
+            and (k in refitted or torch.equal(model[k], state_dict[k])) for k in model)
         if not same:
             tried.append(f"{name}: holds other weights")
             continue

@@ -32,7 +32,9 @@ from giblet.devices import resolve_device
 from giblet.files import sha256_file, write_json
 from giblet.logs import progress as progress_bar
 from giblet.model import BrainAutoencoder, losses
+from giblet.splits import Split
 from giblet.train import distributed as dist
+from giblet.train.bottleneck import fix_bottleneck_to_pca
 from giblet.train.checkpoint import CheckpointManager
 from giblet.train.monitor import Monitor
 from giblet.train.params import learning_params
@@ -154,7 +156,13 @@ class Trainer:
         p = self.params
         torch.manual_seed(p["seed"])  # identical initial weights on every rank
         self.model = BrainAutoencoder.from_manifest(self.manifest, p["preset"], dropout=p["dropout"],
-                                                    gradient_checkpointing=p["gradient_checkpointing"]).to(self.device)
+                                                    gradient_checkpointing=p["gradient_checkpointing"])
+        fmri = np.load(self.manifest["arrays"]["fmri"]["path"], mmap_mode="r")
+        train_targets = list(Split.from_dict(self.manifest["split"]).targets("train"))
+        pca = fix_bottleneck_to_pca(self.model, np.asarray(fmri[train_targets]))
+        log.info("decoder bottleneck: the training block's first %d principal components (%.0f%% of its "
+                 "variance), fixed", pca["n_components"], 100 * pca["explained"])
+        self.model.to(self.device)
         self.ddp = self.model
         if self.world_size > 1:
             self.ddp = torch.nn.parallel.DistributedDataParallel(

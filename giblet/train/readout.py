@@ -41,19 +41,20 @@ def ridge_weights(X: np.ndarray, Y: np.ndarray, targets: np.ndarray, lag_trs: in
                   n_folds: int = 5, voxel_chunk: int = 8192) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-voxel ridge from features ``X (N, q)`` to ``Y (N, V)``, as a linear layer on the raw features.
 
-    Features are standardized on these rows; one alpha per voxel among ``alphas`` by
-    ``blocked_cv(targets, n_folds, gap=lag_trs)``; himalaya's ``RidgeCV`` (numpy backend, SVD
-    solver, intercept fitted). Returns ``weight (V, q)``, ``bias (V,)`` float32 such that
-    ``X @ weight.T + bias`` is the ridge prediction, and the chosen ``alphas (V,)``.
+    Features are centred on these rows but not rescaled: they come out of normalization layers on
+    comparable scales, and rescaling a nearly constant feature to unit variance would turn its
+    weight into a huge number (the prediction is the same, the layer is not). One alpha per voxel
+    among ``alphas`` by ``blocked_cv(targets, n_folds, gap=lag_trs)``; himalaya's ``RidgeCV`` (numpy
+    backend, SVD solver, intercept fitted). Returns ``weight (V, q)``, ``bias (V,)`` float32 such
+    that ``X @ weight.T + bias`` is the ridge prediction, and the chosen ``alphas (V,)``.
     """
     from himalaya.backend import set_backend
     from himalaya.ridge import RidgeCV
 
     set_backend("numpy", on_error="raise")
     X = np.asarray(X, np.float64)
-    mean, sd = X.mean(axis=0), X.std(axis=0)
-    sd = np.where(sd > 1e-8, sd, 1.0)
-    Z = ((X - mean) / sd).astype(np.float32)
+    mean = X.mean(axis=0)
+    Z = (X - mean).astype(np.float32)
     cv = blocked_cv(targets, n_folds, lag_trs)
     n_voxels = Y.shape[1]
     weight = np.empty((n_voxels, X.shape[1]), np.float32)
@@ -63,7 +64,7 @@ def ridge_weights(X: np.ndarray, Y: np.ndarray, targets: np.ndarray, lag_trs: in
         stop = min(start + voxel_chunk, n_voxels)
         ridge = RidgeCV(alphas=np.asarray(alphas, np.float32), fit_intercept=True, cv=cv, solver="svd")
         ridge.fit(Z, np.ascontiguousarray(Y[:, start:stop], np.float32))
-        coef = np.asarray(ridge.coef_, np.float64).T / sd                     # (v, q) on the raw features
+        coef = np.asarray(ridge.coef_, np.float64).T                           # (v, q)
         weight[start:stop] = coef
         bias[start:stop] = np.asarray(ridge.intercept_, np.float64) - coef @ mean
         best[start:stop] = np.asarray(ridge.best_alphas_)

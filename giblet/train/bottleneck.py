@@ -1,0 +1,41 @@
+"""The decoders' first layer: the brain's principal components on the training block, kept fixed.
+
+The decoders read the whole brain (tens of thousands of voxels) and learn from a few hundred to a
+few thousand TRs; a free ``V -> hidden`` layer fitted by Adam on so few samples mostly fits noise.
+Decoding models in the field reduce the brain first (PCA) and fit only what follows; here the
+bottleneck's linear layer *is* that reduction: its rows are the training block's first ``hidden``
+principal components, scaled so each output has unit variance on the training block, and it is not
+trained. Only the heads after it learn.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def principal_components(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``rows (n, V)`` -> ``mean (V,)``, the first ``k`` components ``(k', V)`` (unit norm, sign-fixed:
+    the largest loading positive; ``k' = min(k, n - 1, V)``) and each component's sd over the rows ``(k',)``."""
+    rows = np.asarray(rows, np.float64)
+    mean = rows.mean(axis=0)
+    _, s, vt = np.linalg.svd(rows - mean, full_matrices=False)
+    k = min(k, len(rows) - 1, rows.shape[1])
+    vt, s = vt[:k], s[:k]
+    vt *= np.where(vt[np.arange(k), np.abs(vt).argmax(axis=1)] < 0, -1.0, 1.0)[:, None]
+    return mean, vt, s / np.sqrt(len(rows))
+
+
+@torch.no_grad()
+def fix_bottleneck_to_pca(model, fmri_rows: np.ndarray) -> dict:
+    """Set ``model.bottleneck.linear`` to the whitened principal components of ``fmri_rows`` (n, V) and
+    freeze it; components beyond ``n - 1`` (fewer rows than ``hidden``) are zero. Returns a summary."""
+    linear = model.bottleneck.linear
+    mean, components, sd = principal_components(fmri_rows, linear.out_features)
+    weight = np.zeros((linear.out_features, linear.in_features))
+    weight[:len(components)] = components / np.maximum(sd, 1e-8)[:, None]
+    linear.weight.copy_(torch.from_numpy(weight))
+    linear.bias.copy_(torch.from_numpy(-weight @ mean))
+    linear.requires_grad_(False)
+    total = float(np.square(np.asarray(fmri_rows, np.float64) - mean).sum()) / len(fmri_rows)
+    return {"n_components": len(components), "explained": float(np.square(sd).sum() / total) if total else 0.0}
