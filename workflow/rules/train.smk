@@ -17,7 +17,7 @@ rule train:
         # Only keys that change the weights: a checkpoint interval or a TensorBoard option does not
         # retrain. The script reads the whole section from the config.
         learning=train_rule_params(config["train"]),
-        code=source_hash("model", "train", "data/samples.py"),
+        code=source_hash("model", "train", "data/samples.py", "splits.py"),  # = giblet.train.loop.TRAINING_CODE
     resources:
         **gpu_resources(config["train"]["gpus"]),  # one torchrun process per GPU granted
     retries: 0 if workflow.remote_exec else config["train"]["restarts"]
