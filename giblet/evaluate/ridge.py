@@ -1,4 +1,4 @@
-"""The standard baseline: ridge regression from lagged stimulus features to every voxel.
+"""The standard baseline: banded ridge regression from lagged stimulus features to every voxel.
 
 The baseline sees exactly what the model sees, and is scored with the model's own metric:
 
@@ -10,8 +10,13 @@ Pipeline (``fit_ridge``; the features and the lagging are in giblet.evaluate.rid
 
     manifest --stimulus_features--> X (T, p)            one row per stimulus TR, fitted on fit TRs only
              --lagged-------------> X_lag (N, lag * p)  the window rows of each target, oldest first
-             --ridge_cv_predict---> himalaya RidgeCV / KernelRidgeCV, one alpha per voxel,
+             --banded_ridge_predict--> himalaya BandedRidgeCV: one penalty per modality and voxel
+                                    (or --ridge_cv_predict--> RidgeCV / KernelRidgeCV, one per voxel),
                                     time-blocked CV on the fit block, prediction of the test block
+
+The banded form is the field's standard encoding baseline: a voxel that follows the frames can
+weight them fully and shrink the text and audio features to nothing, which one shared penalty
+cannot do. ``write_ridge_baseline`` also scores the ridge decoder (giblet.evaluate.decoding_identification).
 
 Nothing is fitted on test data: the PCA bases, the standardization and the ridge weights use only
 the stimulus TRs inside the windows of the fit targets (``window_trs``) and the fMRI at the fit
@@ -166,7 +171,7 @@ def fit_ridge(manifest, alphas=DEFAULT_ALPHAS, fit_blocks=("train", "val"), test
     ``solver="banded"`` (the default): :func:`banded_ridge_predict`, one penalty per modality and
     voxel; otherwise ``ridge_cv_predict`` with that solver, one alpha per voxel. Either way the
     hyperparameters are chosen by ``blocked_cv(fit targets, n_folds, gap)`` (``gap`` default
-    ``lag_trs``) among ``alphas``.
+    ``lag_trs``) among ``alphas``. ``voxel_chunk`` applies to the single-penalty solvers.
 
     Why train + val by default: the model's weights are fitted on train and val picks its stopping
     point, i.e. the model uses the labels of both blocks and never the test block. The ridge uses
