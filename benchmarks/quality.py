@@ -54,7 +54,8 @@ def seed_config(seed: int, quick: bool) -> tuple[Path, Path]:
     return path, results
 
 
-_STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
+# A time stamp ends its line, which may begin with a progress bar's last update.
+_STAMP = re.compile(r"\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$")
 _START = re.compile(r"^(?:local)?rule (\w+):$")
 _JOBID = re.compile(r"^\s+jobid: (\d+)$")
 _DONE = re.compile(r"^Finished jobid: (\d+) \(Rule: (\w+)\)")
@@ -64,7 +65,7 @@ def stage_seconds(log_text: str) -> dict[str, float]:
     """Seconds per rule (summed over its jobs) from a Snakemake log's time stamps."""
     now, pending, started, seconds = None, None, {}, {}
     for line in log_text.splitlines():
-        if m := _STAMP.match(line.strip()):
+        if m := _STAMP.search(line.strip()):
             now = datetime.strptime(m.group(1), "%a %b %d %H:%M:%S %Y")
         elif m := _START.match(line):
             pending = m.group(1)
