@@ -52,6 +52,11 @@ def hrf_peak_trs(tr: float) -> int:
     return int(round(np.argmax(kernel) * 0.01 / tr))
 
 
+def decode_delay_trs(tr: float, lag_trs: int) -> int:
+    """TRs before a window's end of the stimulus the decoders reconstruct: the HRF peak, within the window."""
+    return min(hrf_peak_trs(tr), int(lag_trs) - 1)
+
+
 def hrf_kernel(dt: float, length_s: float = 32.0) -> np.ndarray:
     """nilearn's Glover HRF sampled every ``dt`` seconds from lag 0; sums to 1, peaks near 5 s.
 

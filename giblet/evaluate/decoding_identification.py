@@ -81,9 +81,9 @@ def identification_scores(predicted: dict, true: dict) -> dict:
 
 def decode_delay(manifest: dict) -> int:
     """TRs between a decoded stimulus TR and the end of its window: the model's ``decode_delay_trs``."""
-    from giblet.timing import hrf_peak_trs
+    from giblet.timing import decode_delay_trs
 
-    return min(hrf_peak_trs(manifest["tr"]), int(manifest["lag_trs"]) - 1)
+    return decode_delay_trs(manifest["tr"], manifest["lag_trs"])
 
 
 def decoded_stimulus_trs(split: Split, targets, delay: int) -> np.ndarray:

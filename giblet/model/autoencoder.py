@@ -8,7 +8,7 @@ from torch.utils.checkpoint import checkpoint
 
 from giblet.model.decoders import Bottleneck, CodeHead, FrameHead, TextHead
 from giblet.model.encoders import CausalTemporal, CodeEncoder, FrameEncoder, HemodynamicFilters, TextEncoder
-from giblet.timing import hrf_peak_trs
+from giblet.timing import decode_delay_trs
 
 # Widths/depths. ``tiny`` trains on CPU in CI (< 1 M parameters excluding the two V-sized layers).
 # Every preset concatenates the modalities' features and filters each with learned hemodynamic
@@ -119,7 +119,7 @@ class BrainAutoencoder(nn.Module):
         params = {**MODEL_PRESETS[preset], **overrides}
         if dropout is not None:
             params["dropout"] = dropout
-        delay = min(hrf_peak_trs(manifest["tr"]), manifest["lag_trs"] - 1) if "tr" in manifest else 0
+        delay = decode_delay_trs(manifest["tr"], manifest["lag_trs"]) if "tr" in manifest else 0
         params.setdefault("decode_delay_trs", delay)
         params.setdefault("tr", float(manifest.get("tr", 1.5)))
         return cls(manifest["modalities"], manifest["n_voxels"], manifest["lag_trs"], preset=preset,
