@@ -92,10 +92,12 @@ def decoded_stimulus_trs(split: Split, targets, delay: int) -> np.ndarray:
 
 
 def _load_stimulus(manifest: dict, trs: np.ndarray) -> dict:
+    """The manifest's stimulus arrays at stimulus TRs ``trs``, under the sample keys the model's batches use."""
+    from giblet.data.samples import ROLES
+
     arrays = manifest["arrays"]
-    roles = {"frames": "frames", "audio_codes": "codes", "text": "text", "text_mask": "text_mask"}
     return {key: np.asarray(np.load(arrays[role]["path"], mmap_mode="r")[trs])
-            for role, key in roles.items() if role in arrays}
+            for role, (key, _) in ROLES.items() if role in arrays}
 
 
 def ridge_decoder(manifest: dict, fmri: np.ndarray, fit_blocks=("train", "val"), test_block: str = "test",
