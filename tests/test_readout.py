@@ -134,3 +134,45 @@ def test_ridge_decoder_identifies_the_stimulus_the_brain_encodes_at_the_hemodyna
     scores = ridge_decoder(manifest, np.load(manifest["arrays"]["fmri"]["path"]), n_components=20)
     assert scores["frames"]["top1"] >= 0.6 > 5 * scores["frames"]["chance_top1"]
     assert scores["audio"]["top1"] <= 0.35
+
+
+def test_modality_features_append_every_pairwise_product_of_the_projection():
+    from giblet.model.encoders import ModalityFeatures
+
+    torch.manual_seed(0)
+    layer = ModalityFeatures(dim=5, hidden=7, interactions=3)
+    z = torch.randn(4, 5)
+    out = layer(z).detach().numpy()
+    assert out.shape == (4, 5 + 6)
+    residual = (z + layer.mlp(z)).detach().numpy()
+    p = layer.project(layer.mlp(z) + z).detach().numpy()
+    products = np.einsum("ni,nj->nij", p, p)[:, *np.triu_indices(3)]   # numpy's own pairs, squares included
+    np.testing.assert_allclose(out[:, :5], residual, rtol=1e-6)
+    np.testing.assert_allclose(out[:, 5:], products, rtol=1e-5, atol=1e-6)
+    assert ModalityFeatures(5, 0, 0)(z) is z  # nothing asked: the identity
+
+
+def test_fmri_rank_trains_through_the_principal_components_and_composes_the_fmri_layer():
+    """In training the brain is predicted as mean + scores @ (sd * components); eval mode reads the
+    composed V-wide layer, which must give the same prediction; the basis is numpy's PCA."""
+    from giblet.model import BrainAutoencoder
+    from giblet.train.bottleneck import fix_fmri_basis, principal_components
+
+    manifest = {"modalities": {"text": {"k": 2, "dim": 16}}, "n_voxels": 40, "lag_trs": 4}
+    torch.manual_seed(0)
+    model = BrainAutoencoder.from_manifest(manifest, "tiny", dropout=0.0, fmri_rank=3)
+    rows = np.random.default_rng(0).standard_normal((30, 40)) @ np.diag(np.linspace(3, 0.1, 40))
+    pca = principal_components(rows, 8)
+    fix_fmri_basis(model, pca)
+    centred = rows - rows.mean(0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    np.testing.assert_allclose(np.abs(model.fmri_basis.numpy()), np.abs(vt[:3] * s[:3, None] / np.sqrt(30)), rtol=1e-5, atol=1e-7)
+    torch.nn.init.normal_(model.to_components.weight)
+    assert not model.to_fmri.weight.requires_grad        # derived, never trained
+    batch = {"text": torch.randn(5, 4, 2, 16), "text_mask": torch.ones(5, 4, 2, dtype=torch.bool)}
+    model.train()
+    model.modality_norms.eval(), model.fused_norm.eval()  # same normalization in both modes
+    trained = model(batch)["fmri"]
+    model.compose_fmri_layer()
+    model.eval()
+    torch.testing.assert_close(model.encode(batch), trained, rtol=1e-5, atol=1e-5)

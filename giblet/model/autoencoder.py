@@ -7,7 +7,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from giblet.model.decoders import Bottleneck, CodeHead, FrameHead, TextHead
-from giblet.model.encoders import CausalTemporal, CodeEncoder, FrameEncoder, HemodynamicFilters, TextEncoder
+from giblet.model.encoders import (CausalTemporal, CodeEncoder, FrameEncoder, HemodynamicFilters, ModalityFeatures,
+                                   TextEncoder)
 from giblet.timing import decode_delay_trs
 
 # Widths/depths. ``tiny`` trains on CPU in CI (< 1 M parameters excluding the two V-sized layers).
@@ -47,7 +48,8 @@ class BrainAutoencoder(nn.Module):
                  decode_delay_trs: int = 0, gradient_checkpointing: bool = False, dim: int, frame_channels: list[int], frame_stem: int, code_depth: int,
                  temporal_depth: int, kernel_size: int, hidden: int, frame_head_channels: int, frame_head_up: int,
                  code_rank: int, dropout: float, fusion: str = "sum", temporal: str = "conv",
-                 hrf_filters: int = 2, tr: float = 1.5):
+                 hrf_filters: int = 2, tr: float = 1.5, modality_hidden: int = 0, interactions: int = 0,
+                 fmri_rank: int = 0):
         super().__init__()
         unknown = set(modalities) - {"frames", "audio", "text"}
         if unknown or not modalities:
@@ -59,7 +61,9 @@ class BrainAutoencoder(nn.Module):
                         "temporal_depth": temporal_depth, "kernel_size": kernel_size, "hidden": hidden,
                         "frame_head_channels": frame_head_channels, "frame_head_up": frame_head_up,
                         "code_rank": code_rank, "dropout": float(dropout), "fusion": fusion,
-                        "temporal": temporal, "hrf_filters": int(hrf_filters), "tr": float(tr)}
+                        "temporal": temporal, "hrf_filters": int(hrf_filters), "tr": float(tr),
+                        "modality_hidden": int(modality_hidden), "interactions": int(interactions),
+                        "fmri_rank": int(fmri_rank)}
         self.modalities, self.n_voxels, self.lag = self._config["modalities"], int(n_voxels), int(lag_trs)
         if not 0 <= decode_delay_trs < self.lag:
             raise ValueError(f"decode_delay_trs={decode_delay_trs} must be in [0, lag_trs={self.lag})")
@@ -87,12 +91,18 @@ class BrainAutoencoder(nn.Module):
         # and only the per-TR part predicts the brain (without this the encoders' output barely varied
         # across TRs and the fMRI layer learned the mean: validation r = 0.00).
         self.modality_norms = nn.ModuleDict({name: nn.BatchNorm1d(dim) for name in self.encoders})
+        self.modality_features = nn.ModuleDict({name: ModalityFeatures(dim, modality_hidden, interactions)
+                                                for name in self.encoders})
+        per_modality = next(iter(self.modality_features.values())).out_dim
         if fusion not in ("sum", "concat"):
             raise ValueError(f"fusion must be 'sum' or 'concat', not {fusion!r}")
         # concat keeps each modality's features apart: the brain's feature space is their union
         # (a language voxel's conjunctions must not share dimensions with a visual voxel's products).
         self.fusion = fusion
-        width = dim * (len(self.encoders) if fusion == "concat" else 1)
+        width = per_modality * (len(self.encoders) if fusion == "concat" else 1)
+        # Products of standardized features are not standardized: one more normalization puts every
+        # feature the hemodynamic filters see on the same scale.
+        self.fused_norm = nn.BatchNorm1d(width) if interactions else nn.Identity()
         if temporal == "conv":
             self.temporal = CausalTemporal(width, self.lag, temporal_depth, kernel_size, dropout,
                                            gradient_checkpointing)
@@ -108,6 +118,18 @@ class BrainAutoencoder(nn.Module):
         # ~1/3 per voxel that the first epochs would only spend unlearning.
         nn.init.zeros_(self.to_fmri.weight)
         nn.init.zeros_(self.to_fmri.bias)
+        # fmri_rank = K > 0: in training the brain is predicted through its K leading principal
+        # components (``fmri_basis``, set from the training block and fixed): the encoders learn from
+        # the brain's shared, reliable directions instead of 30k-70k noisy voxels each fitted from a
+        # few thousand samples. ``to_fmri`` is then derived (:meth:`compose_fmri_layer`), not trained.
+        self.fmri_rank = int(fmri_rank)
+        if self.fmri_rank:
+            self.to_components = nn.Linear(self.n_features, self.fmri_rank)
+            nn.init.zeros_(self.to_components.weight)
+            nn.init.zeros_(self.to_components.bias)
+            self.register_buffer("fmri_basis", torch.zeros(self.fmri_rank, self.n_voxels))
+            self.register_buffer("fmri_mean", torch.zeros(self.n_voxels))
+            self.to_fmri.requires_grad_(False)
         self.bottleneck = Bottleneck(self.n_voxels, hidden, dropout)
 
     # -- construction -------------------------------------------------------------------------------------
@@ -161,8 +183,8 @@ class BrainAutoencoder(nn.Module):
                                            mask.reshape(b * lag, *mask.shape[2:])))
         if lag > self.lag:
             raise ValueError(f"window of {lag} TRs is longer than the model's lag_trs={self.lag}")
-        normed = [self.modality_norms[name](part) for name, part in zip(self.encoders, parts)]
-        per_tr = torch.cat(normed, dim=1) if self.fusion == "concat" else sum(normed)
+        normed = [self.modality_features[name](self.modality_norms[name](part)) for name, part in zip(self.encoders, parts)]
+        per_tr = self.fused_norm(torch.cat(normed, dim=1) if self.fusion == "concat" else sum(normed))
         return self.temporal(per_tr.reshape(b, lag, -1))  # (B, lag, width) -> (B, n_features)
 
     def decoded_stimulus(self, batch: dict) -> dict:
@@ -182,9 +204,24 @@ class BrainAutoencoder(nn.Module):
             out["text"] = self.heads["text"](h)
         return out
 
+    @torch.no_grad()
+    def compose_fmri_layer(self) -> None:
+        """With ``fmri_rank``: write ``to_fmri`` as the product of ``to_components`` and the fixed basis."""
+        if self.fmri_rank:
+            basis = self.fmri_basis.t()                                            # (V, K)
+            self.to_fmri.weight.copy_(basis @ self.to_components.weight)
+            self.to_fmri.bias.copy_(self.fmri_mean + basis @ self.to_components.bias)
+
     def forward(self, batch: dict) -> dict:
-        """``{"fmri": encode(batch), **decode(batch["fmri"])}``: the decoders read the TRUE brain."""
-        out = {"fmri": self.encode(batch)}
+        """``{"fmri": encode(batch), **decode(batch["fmri"])}``: the decoders read the TRUE brain.
+
+        In training with ``fmri_rank`` the fMRI comes through the principal components (see __init__).
+        """
+        if self.fmri_rank and self.training:
+            fmri = self.fmri_mean + self.to_components(self.drop(self.features(batch))) @ self.fmri_basis
+        else:
+            fmri = self.encode(batch)
+        out = {"fmri": fmri}
         if "fmri" in batch:
             out.update(self.decode(batch["fmri"]))
         return out

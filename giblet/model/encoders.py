@@ -162,3 +162,32 @@ class HemodynamicFilters(nn.Module):
             x = F.pad(x, (self.lag - x.shape[-1], 0))
         return F.conv1d(x, self.weight.to(x.dtype), groups=x.shape[1]).squeeze(-1)
 
+
+
+class ModalityFeatures(nn.Module):
+    """What a modality's per-TR embedding becomes before the hemodynamic filters: more nonlinear capacity.
+
+    A residual MLP (``hidden`` wide; 0 = none), then, with ``interactions = k > 0``, the pairwise
+    products of a learned ``k``-dimensional projection appended to the features (``k (k + 1) / 2``
+    of them, squares included). A voxel that responds to a conjunction (a character *and* an
+    action) or to the product of two stimulus properties needs that product *before* the HRF
+    smears it over time: a linear readout of HRF-filtered features cannot form it afterwards.
+    Input ``(N, dim)``; output ``(N, dim + k (k + 1) / 2)``.
+    """
+
+    def __init__(self, dim: int, hidden: int, interactions: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)) if hidden else None
+        self.project = nn.Linear(dim, interactions) if interactions else None
+        rows, cols = torch.triu_indices(interactions, interactions) if interactions else (None, None)
+        self.register_buffer("rows", rows, persistent=False)
+        self.register_buffer("cols", cols, persistent=False)
+        self.out_dim = dim + (interactions * (interactions + 1) // 2 if interactions else 0)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.mlp is not None:
+            z = z + self.mlp(z)
+        if self.project is None:
+            return z
+        p = self.project(z)
+        return torch.cat([z, p[:, self.rows] * p[:, self.cols]], dim=1)

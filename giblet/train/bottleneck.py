@@ -1,4 +1,8 @@
-"""The decoders' first layer: the brain's principal components on the training block, kept fixed.
+"""The brain's principal components on the training block, fixed in the model where it reads or predicts the brain.
+
+- The decoders' first layer (:func:`fix_bottleneck_to_pca`).
+- With ``fmri_rank``, the basis through which the encoders predict the brain in training
+  (:func:`fix_fmri_basis`; see ``BrainAutoencoder``).
 
 The decoders read the whole brain (tens of thousands of voxels) and learn from a few hundred to a
 few thousand TRs; a free ``V -> hidden`` layer fitted by Adam on so few samples mostly fits noise.
@@ -26,12 +30,31 @@ def principal_components(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
     return mean, vt, s / np.sqrt(len(rows))
 
 
+def n_components_needed(model) -> int:
+    """How many principal components :func:`fix_bottleneck_to_pca` and :func:`fix_fmri_basis` use."""
+    return max(model.bottleneck.linear.out_features, model.fmri_rank)
+
+
 @torch.no_grad()
-def fix_bottleneck_to_pca(model, fmri_rows: np.ndarray) -> dict:
+def fix_fmri_basis(model, pca: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    """Set ``model.fmri_basis`` to the first ``fmri_rank`` components of ``pca`` (``principal_components``'
+    output), each scaled by its sd so ``to_components`` predicts unit-variance scores."""
+    mean, components, sd = pca
+    k = min(model.fmri_rank, len(components))
+    basis = np.zeros((model.fmri_rank, len(mean)))
+    basis[:k] = components[:k] * sd[:k, None]
+    model.fmri_basis.copy_(torch.from_numpy(basis))
+    model.fmri_mean.copy_(torch.from_numpy(mean))
+
+
+@torch.no_grad()
+def fix_bottleneck_to_pca(model, fmri_rows: np.ndarray, pca: tuple | None = None) -> dict:
     """Set ``model.bottleneck.linear`` to the whitened principal components of ``fmri_rows`` (n, V) and
-    freeze it; components beyond ``n - 1`` (fewer rows than ``hidden``) are zero. Returns a summary."""
+    freeze it; components beyond ``n - 1`` (fewer rows than ``hidden``) are zero. ``pca``: the
+    components if already computed (at least ``hidden`` of them). Returns a summary."""
     linear = model.bottleneck.linear
-    mean, components, sd = principal_components(fmri_rows, linear.out_features)
+    mean, components, sd = pca or principal_components(fmri_rows, linear.out_features)
+    components, sd = components[:linear.out_features], sd[:linear.out_features]
     weight = np.zeros((linear.out_features, linear.in_features))
     weight[:len(components)] = components / np.maximum(sd, 1e-8)[:, None]
     linear.weight.copy_(torch.from_numpy(weight))

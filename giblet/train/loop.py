@@ -34,7 +34,7 @@ from giblet.logs import progress as progress_bar
 from giblet.model import BrainAutoencoder, losses
 from giblet.splits import Split
 from giblet.train import distributed as dist
-from giblet.train.bottleneck import fix_bottleneck_to_pca
+from giblet.train.bottleneck import fix_bottleneck_to_pca, fix_fmri_basis, n_components_needed, principal_components
 from giblet.train.checkpoint import CheckpointManager
 from giblet.train.monitor import Monitor
 from giblet.train.params import learning_params
@@ -162,7 +162,11 @@ class Trainer:
                                                     gradient_checkpointing=p["gradient_checkpointing"])
         fmri = np.load(self.manifest["arrays"]["fmri"]["path"], mmap_mode="r")
         train_targets = list(Split.from_dict(self.manifest["split"]).targets("train"))
-        pca = fix_bottleneck_to_pca(self.model, np.asarray(fmri[train_targets]))
+        rows = np.asarray(fmri[train_targets])
+        components = principal_components(rows, n_components_needed(self.model))
+        if self.model.fmri_rank:
+            fix_fmri_basis(self.model, components)
+        pca = fix_bottleneck_to_pca(self.model, rows, components)
         log.info("decoder bottleneck: the training block's first %d principal components (%.0f%% of its "
                  "variance), fixed", pca["n_components"], 100 * pca["explained"])
         self.model.to(self.device)
@@ -213,6 +217,7 @@ class Trainer:
 
     def save(self, end_of_epoch: bool = False, val_loss: float | None = None) -> None:
         rank_states = dist.gather_objects(rng_state())
+        self.model.compose_fmri_layer()
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "cursor": self.cursor, "history": self.history,
                  "early_stopping": dict(self.early), "rank_states": rank_states, "world_size": self.world_size,
@@ -292,6 +297,7 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict:
         """Mean losses and per-voxel Pearson r over the validation block, summed across ranks."""
+        self.model.compose_fmri_layer()
         self.model.eval()
         order = list(range(self.rank, len(self.val_set), self.world_size))  # no padding: exact means
         n_voxels = self.manifest["n_voxels"]
@@ -381,6 +387,7 @@ class Trainer:
                 return state["model"], {"weights": "best", "step": state["step"], "epoch": state["epoch"]}
             log.warning("%s does not hold the best validation score %.6g: model.pt gets the final weights",
                         best, self.early["best"])
+        self.model.compose_fmri_layer()
         final = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         return final, {"weights": "final", "step": self.step, "epoch": self.epoch}
 
