@@ -229,3 +229,20 @@ def test_model_pt_holds_the_best_validation_weights_with_a_ridge_fmri_layer(unin
     reference = torch.load(epoch_file, weights_only=False)["model"]
     assert all(torch.equal(saved["state_dict"][k], reference[k]) for k in reference if not k.startswith("to_fmri."))
     assert not torch.equal(saved["state_dict"]["to_fmri.weight"], reference["to_fmri.weight"])
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_contiguous_batches_are_runs_of_consecutive_windows_covering_every_sample(world):
+    from giblet.train.sampler import ResumableSampler
+
+    n, size = 23, 5
+    samplers = [ResumableSampler(n, size, rank, world, seed=3, contiguous=True) for rank in range(world)]
+    for epoch in (0, 1):
+        batches = [b for s in samplers for b in s.batches(epoch)]
+        assert all(len(list(s.batches(epoch))) == len(s) for s in samplers)  # every rank: the same count
+        assert set().union(*map(set, batches)) == set(range(n))             # every window, every epoch
+        for b in batches:                                                   # consecutive, wrapping at n
+            assert all((b1 - b0) % n == 1 for b0, b1 in zip(b, b[1:]))
+        resumed = list(samplers[0].batches(epoch, start=2))
+        assert resumed == list(samplers[0].batches(epoch))[2:]
+    assert list(samplers[0].batches(0)) != list(samplers[0].batches(1))     # a new order each epoch

@@ -23,7 +23,8 @@ ROLES = {"frames": ("frames", torch.uint8), "audio_codes": ("codes", torch.int64
 class WindowDataset(torch.utils.data.Dataset):
     """Windowed (stimulus -> fMRI) samples of one split block.
 
-    Each item is a dict: ``target`` (int, fMRI TR), ``fmri`` (V,) float32, and per enabled modality
+    Each item is a dict: ``target`` (int, fMRI TR), ``fmri`` (V,) float32, ``stimulus_trs`` (lag,)
+    int64 (the movie TR of each window slot: the model encodes a TR shared by windows once), and per enabled modality
     ``frames`` (lag, F, H, W, 3) uint8, ``codes`` (lag, n_q, frames_per_tr) int64, ``text``
     (lag, k, d) float32 and ``text_mask`` (lag, k) bool.
 
@@ -51,7 +52,8 @@ class WindowDataset(torch.utils.data.Dataset):
     def __getitem__(self, j: int) -> dict:
         target = self.targets[j]
         start, stop = self.split.window(target)
-        item = {"target": target, "fmri": self._tensor(self.sources["fmri"][target], torch.float32)}
+        item = {"target": target, "fmri": self._tensor(self.sources["fmri"][target], torch.float32),
+                "stimulus_trs": torch.arange(start, stop)}
         for role, (key, dtype) in ROLES.items():
             if role in self.sources:
                 item[key] = self._tensor(self.sources[role][start:stop], dtype)

@@ -180,7 +180,8 @@ class Trainer:
         self.train_set = WindowDataset(self.manifest, "train", device=hold)
         self.val_set = WindowDataset(self.manifest, "val", device=hold) if "val" in self.manifest["split"]["ranges"] else None
         self.reliable = reliable_voxel_mask(self.manifest).to(self.device)
-        self.sampler = ResumableSampler(len(self.train_set), p["batch_size"], self.rank, self.world_size, p["seed"])
+        self.sampler = ResumableSampler(len(self.train_set), p["batch_size"], self.rank, self.world_size, p["seed"],
+                                        contiguous=p["batch_order"] == "consecutive")
         self.steps_per_epoch = math.ceil(len(self.sampler) / p["grad_accum"])
         total = p["epochs"] * self.steps_per_epoch
         self.optimizer = make_optimizer(p["optimizer"], self.model.parameters(), p["lr"], p["weight_decay"])
