@@ -105,7 +105,7 @@ def test_healthy_untrained_model_is_ok_with_structural_notes(bundle, untrained, 
         assert tensors[name]["flags"] == [] and tensors[name]["notes"][0].startswith("structural:"), name
     assert "predicts the mean" in tensors["to_fmri.bias"]["notes"][0]
     assert tensors["modality_norms.audio.num_batches_tracked"]["kind"] == "counter"
-    assert tensors["to_fmri.weight"]["zero_fraction"] == 1.0 and tensors["to_fmri.weight"]["shape"] == [N_VOXELS, 384]
+    assert tensors["to_fmri.weight"]["zero_fraction"] == 1.0 and tensors["to_fmri.weight"]["shape"] == [N_VOXELS, 600]  # 3 x (64 + 36 products) x 2 filters
     assert json.loads((tmp_path / "weights.json").read_text()) == report
     assert (tmp_path / "weights.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -125,9 +125,11 @@ def test_trained_model_and_its_8bit_optimizer_state_are_ok(bundle, trained, tmp_
     report = examine_weights(trained, tmp_path / "weights.json", tmp_path / "weights.png", checkpoint_path=checkpoint)
     assert report["verdict"] == "ok", report["flags"]
     optimizer = report["optimizer"]
-    # every parameter has optimizer state but the decoder bottleneck, fixed to the brain's principal components
-    assert sorted(optimizer["without_state"]) == ["bottleneck.linear.bias", "bottleneck.linear.weight"]
-    assert optimizer["kind"] == ["8bit"] and optimizer["n_states"] == report["counts"]["parameters"] - 2
+    # every parameter has optimizer state but the decoder bottleneck, fixed to the brain's principal components,
+    # and the fMRI layer, composed from them (trained as to_components; fmri_rank)
+    assert sorted(optimizer["without_state"]) == ["bottleneck.linear.bias", "bottleneck.linear.weight",
+                                                  "to_fmri.bias", "to_fmri.weight"]
+    assert optimizer["kind"] == ["8bit"] and optimizer["n_states"] == report["counts"]["parameters"] - 4
     assert {t["state"] for t in optimizer["tensors"].values()} == {"8bit", "float"}  # large tensors quantized
     quantized = next(t for t in optimizer["tensors"].values() if t["state"] == "8bit")
     assert quantized["exp_avg_sq"]["absmax_finite"] and quantized["exp_avg_sq"]["min_code_value"] >= 0
