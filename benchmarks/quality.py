@@ -19,6 +19,8 @@ Printed per seed, and as mean ± sd over seeds, everything on the held-out test 
   measured brain, ranked among the test TRs' stimuli; the baseline row is the ridge decoder;
 - for the model, the banded ridge baseline (``ridge.json``), the oracle (ridge on the demo's true
   regressors, in ``metrics.json``) and chance;
+- the demo's latents decoded from the brain (``lat_<group>_r``: mean test r over the group's latents;
+  see ``benchmarks/latents.py``, every latent in ``benchmark-latents.json``);
 - wall time per stage (the sum over a stage's jobs, from the Snakemake log of the run that last ran it).
 """
 
@@ -35,6 +37,8 @@ from datetime import datetime
 from pathlib import Path
 
 import yaml
+
+from benchmarks.latents import latent_decoding
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = {False: {"resolution_mm": 4},
@@ -95,8 +99,10 @@ def run_seed(seed: int, quick: bool, cores: int) -> dict:
     times = json.loads(times_path.read_text()) if times_path.exists() else {}
     times.update(stage_seconds(done.stdout + done.stderr))
     times_path.write_text(json.dumps(times, indent=1))
+    latents = latent_decoding(results)
+    (results / "benchmark-latents.json").write_text(json.dumps(latents, indent=1))
     return {"seed": seed, "metrics": json.loads((REPO / targets[0]).read_text()),
-            "ridge": json.loads((REPO / targets[1]).read_text()),
+            "ridge": json.loads((REPO / targets[1]).read_text()), "latents": latents,
             "stage_seconds": times, "wall_seconds_this_run": wall}
 
 
@@ -128,6 +134,10 @@ def seed_table(run: dict) -> dict[str, dict[str, float | None]]:
         row.update({f"frac_{k}": v for k, v in _region_fractions(regions).items()})
         table[name] = row
     table["chance"] = {"frac_ceiling": 0.0, "r_reliable": 0.0, "top1": ident["chance_top1"], "top5": ident["chance_top5"]}
+    for name, decoded in (run.get("latents") or {}).items():
+        for group, r in decoded["group_r"].items():
+            table[name][f"lat_{group}_r"] = r
+            table["chance"][f"lat_{group}_r"] = 0.0
     for name, decoding in (("model", metrics.get("decoding_identification")),
                            ("banded ridge", ridge.get("decoding_identification"))):
         for modality, scores in (decoding or {}).items():

@@ -30,9 +30,12 @@ def principal_components(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
     return mean, vt, s / np.sqrt(len(rows))
 
 
-def n_components_needed(model) -> int:
-    """How many principal components :func:`fix_bottleneck_to_pca` and :func:`fix_fmri_basis` use."""
-    return max(model.bottleneck.linear.out_features, model.fmri_rank)
+def fix_principal_components(model, fmri_rows: np.ndarray) -> dict:
+    """One PCA of the training block's brain ``fmri_rows`` (n, V) for both fixed places (module docstring)."""
+    pca = principal_components(fmri_rows, max(model.bottleneck.linear.out_features, model.fmri_rank))
+    if model.fmri_rank:
+        fix_fmri_basis(model, pca)
+    return fix_bottleneck_to_pca(model, fmri_rows, pca)
 
 
 @torch.no_grad()

@@ -34,7 +34,7 @@ from giblet.logs import progress as progress_bar
 from giblet.model import BrainAutoencoder, losses
 from giblet.splits import Split
 from giblet.train import distributed as dist
-from giblet.train.bottleneck import fix_bottleneck_to_pca, fix_fmri_basis, n_components_needed, principal_components
+from giblet.train.bottleneck import fix_principal_components
 from giblet.train.checkpoint import CheckpointManager
 from giblet.train.monitor import Monitor
 from giblet.train.params import learning_params
@@ -162,11 +162,7 @@ class Trainer:
                                                     gradient_checkpointing=p["gradient_checkpointing"])
         fmri = np.load(self.manifest["arrays"]["fmri"]["path"], mmap_mode="r")
         train_targets = list(Split.from_dict(self.manifest["split"]).targets("train"))
-        rows = np.asarray(fmri[train_targets])
-        components = principal_components(rows, n_components_needed(self.model))
-        if self.model.fmri_rank:
-            fix_fmri_basis(self.model, components)
-        pca = fix_bottleneck_to_pca(self.model, rows, components)
+        pca = fix_principal_components(self.model, np.asarray(fmri[train_targets]))
         log.info("decoder bottleneck: the training block's first %d principal components (%.0f%% of its "
                  "variance), fixed", pca["n_components"], 100 * pca["explained"])
         self.model.to(self.device)

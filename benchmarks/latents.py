@@ -1,0 +1,119 @@
+"""The demo's latents decoded from the brain: how much of the hidden story a decoder recovers.
+
+The demo movie is drawn from known latents (``truth.npz``): the disk's x, y, size and hue and the
+brightness (visual), pitch, loudness and noisiness (auditory), and which character, place and action
+are annotated (language, one indicator per value). For every test TR, each latent (its mean over
+the TR) is decoded by a ridge per latent (one alpha per latent by time-blocked CV) fitted on the
+training and validation targets, from:
+
+- ``model``: the model's decoded stimulus (:func:`decoded_descriptors` of its decoders' output for
+  the measured brain): what its reconstructions carry about the story;
+- ``banded ridge``: the ridge decoder baseline's input, the measured brain's first 256 principal
+  components (fitted on the fit targets);
+- ``oracle``: the same decoder on the demo's noise-free signal: what the brain encodes at all.
+
+The latent decoded for target TR ``t`` is the one at the TR the model decodes (``t`` minus the
+hemodynamic delay, as in decoding identification). Scores are Pearson r on the test block; the
+table shows the mean r over each group's latents, and the JSON keeps every latent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+LATENT_GROUPS = ("visual", "auditory", "language")
+
+
+def tr_latents(truth) -> tuple[list[str], list[str], np.ndarray]:
+    """``(names, groups, values (n_trs, n_latents))``: every latent averaged over each TR."""
+    tr, dt = float(truth["tr"]), float(truth["latent_dt"])
+    n_trs = truth["signal"].shape[0]
+    per_tr = int(round(tr / dt))
+
+    def mean_per_tr(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float64)[: n_trs * per_tr]
+        return x.reshape(n_trs, per_tr, -1).mean(axis=1)
+
+    codes = np.asarray(truth["scene_codes"])
+    indicators, names = [], []
+    for k, key in enumerate(("characters", "places", "actions")):
+        values = [str(v) for v in truth[key]]
+        indicators.append(np.stack([codes[:, k] == j for j in range(len(values))], axis=1))
+        names += values
+    visual = [str(v) for v in truth["visual_names"]]
+    auditory = [str(v) for v in truth["auditory_names"]]
+    values = np.concatenate([mean_per_tr(truth["visual_latents"]), mean_per_tr(truth["auditory_latents"]),
+                             mean_per_tr(np.concatenate(indicators, axis=1))], axis=1)
+    groups = ["visual"] * len(visual) + ["auditory"] * len(auditory) + ["language"] * len(names)
+    return visual + auditory + names, groups, values
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a - a.mean(0), b - b.mean(0)
+    return (a * b).sum(0) / np.sqrt((a * a).sum(0) * (b * b).sum(0) + 1e-12)
+
+
+def decode_r(X_fit, L_fit, X_test, L_test, fit_targets, lag_trs: int) -> np.ndarray:
+    """Ridge (one alpha per latent, time-blocked CV) from ``X`` to the latents ``L``: test r per latent."""
+    from giblet.evaluate.decoding_identification import ALPHAS
+    from giblet.evaluate.ridge import ridge_cv_predict
+    from giblet.splits import blocked_cv
+
+    mean, sd = X_fit.mean(0), X_fit.std(0) + 1e-8
+    cv = blocked_cv(np.asarray(fit_targets), 5, lag_trs)
+    predicted, _, _ = ridge_cv_predict(((X_fit - mean) / sd).astype(np.float32), L_fit.astype(np.float32),
+                                       ((X_test - mean) / sd).astype(np.float32), ALPHAS, cv)
+    return _pearson(predicted, L_test)
+
+
+def _brain_components(fmri: np.ndarray, fit: np.ndarray, test: np.ndarray, n: int = 256):
+    brain_fit = np.asarray(fmri[fit], np.float64)
+    mean = brain_fit.mean(0)
+    _, _, vt = np.linalg.svd(brain_fit - mean, full_matrices=False)
+    basis = vt[: min(n, len(fit) - 1)].T
+    return (brain_fit - mean) @ basis, (np.asarray(fmri[test], np.float64) - mean) @ basis
+
+
+def _model_descriptors(results: Path, manifest: dict, blocks) -> np.ndarray:
+    from giblet.evaluate.decoding_identification import decoded_descriptors
+    from giblet.evaluate.load import load_model, predict
+
+    model, _ = load_model(results / "train" / "model.pt")
+    parts = []
+    for block in blocks:
+        p = predict(model, manifest, block)
+        descriptors = decoded_descriptors(p.decoded, p.stimulus.get("text_mask"))
+        parts.append(np.concatenate([descriptors[k] for k in sorted(descriptors)], axis=1))
+    return np.concatenate(parts)
+
+
+def latent_decoding(results: str | Path) -> dict:
+    """``{row: {"by_latent": {name: r}, "group_r": {group: mean r}}}`` for one seed's results folder."""
+    import json
+
+    from giblet.evaluate.decoding_identification import decode_delay, decoded_stimulus_trs
+    from giblet.splits import Split
+
+    results = Path(results)
+    manifest = json.loads((results / "dataset" / "manifest.json").read_text())
+    truth = np.load(results / "demo" / "truth.npz")
+    names, groups, latents = tr_latents(truth)
+    split = Split.from_dict(manifest["split"])
+    fit_blocks = [b for b in ("train", "val") if b in split.ranges]
+    fit = np.concatenate([np.asarray(split.targets(b)) for b in fit_blocks])
+    test = np.asarray(split.targets("test"))
+    delay = decode_delay(manifest)
+    L_fit, L_test = (latents[decoded_stimulus_trs(split, t, delay)] for t in (fit, test))
+    inputs = {
+        "model": (_model_descriptors(results, manifest, fit_blocks), _model_descriptors(results, manifest, ["test"])),
+        "banded ridge": _brain_components(np.load(manifest["arrays"]["fmri"]["path"], mmap_mode="r"), fit, test),
+        "oracle": _brain_components(truth["signal"], fit, test),
+    }
+    out = {}
+    for row, (X_fit, X_test) in inputs.items():
+        r = decode_r(X_fit, L_fit, X_test, L_test, fit, split.lag_trs)
+        out[row] = {"by_latent": dict(zip(names, map(float, r))),
+                    "group_r": {g: float(np.mean([v for v, gg in zip(r, groups) if gg == g])) for g in LATENT_GROUPS}}
+    return out
