@@ -161,6 +161,10 @@ def test_code_accuracy_hand_computed():
     # codebook 0: codes 0,1,2,0,0,2 -> '0' 3 times; codebook 1: 3,3,3,1,3,0 -> '3' 4 times.
     assert result["chance_most_frequent"] == pytest.approx([3 / 6, 4 / 6])
     assert result["chance_uniform"] == 0.25
+    # learned from a reference block (the training block): its most frequent codes are 2 and 1,
+    # which the test block holds 2/6 and 1/6 of the time
+    reference = np.array([[[2, 2, 1], [1, 1, 0]]])
+    assert code_metrics(logits, codes, reference)["chance_most_frequent"] == pytest.approx([2 / 6, 1 / 6])
 
 
 def test_text_retrieval_on_a_constructed_case():
@@ -291,6 +295,26 @@ def test_evaluate_uses_the_exact_demo_ceiling_when_the_manifest_has_truth(tmp_pa
     assert result["ceiling"]["source"] == CEILING_EXACT
     assert set(result["by_region"]) == {"null", "visual"}
     assert result["by_region"]["null"]["n_voxels"] == N_VOXELS // 2
+
+
+def test_realised_test_ceiling_matches_the_generators_expected_one(tmp_path):
+    """Noise of variance 1/c^2 - 1 around a unit-variance signal: over many TRs the realised correlation
+    is c; over few it scatters (what the demo's test block reports beside the expected value)."""
+    from giblet.evaluate.evaluate import realised_ceiling
+
+    rng = np.random.default_rng(0)
+    c = np.linspace(0.3, 0.9, 50)
+    signal = rng.standard_normal((20000, 50))
+    measured = signal + rng.standard_normal((20000, 50)) * np.sqrt(1 / c**2 - 1)
+    np.savez(tmp_path / "truth.npz", signal=signal)
+    manifest = {"arrays": {"truth": {"path": str(tmp_path / "truth.npz")}}}
+    result = realised_ceiling(manifest, range(20000), measured, c, None)
+    assert result["expected_mean"] == pytest.approx(c.mean())
+    assert result["realised_mean"] == pytest.approx(c.mean(), abs=0.005)
+    few = realised_ceiling(manifest, range(40), measured[:40], c, c > 0.6)
+    assert few["expected_mean"] == pytest.approx(c[c > 0.6].mean())
+    assert few["realised_mean"] != pytest.approx(few["expected_mean"], abs=1e-4)
+    assert realised_ceiling({"arrays": {}}, range(40), measured[:40], c, None) is None  # real data
 
 
 def test_evaluate_errors_name_the_file_and_write_nothing(tmp_path):

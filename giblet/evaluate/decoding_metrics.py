@@ -50,21 +50,24 @@ def frame_metrics(decoded: np.ndarray, true: np.ndarray, mean_frame: np.ndarray 
             "mse_baseline_mean_frame": float(np.mean((baseline - flat_true) ** 2)), "n_samples": n}
 
 
-def code_metrics(logits: np.ndarray, codes: np.ndarray) -> dict:
+def code_metrics(logits: np.ndarray, codes: np.ndarray, reference_codes: np.ndarray | None = None) -> dict:
     """Audio codes decoded from the brain: accuracy per codebook of the most likely code.
 
     Parameters
     ----------
     logits : array of shape (n_samples, n_q, frames_per_tr, codebook_size)
     codes : int array of shape (n_samples, n_q, frames_per_tr)
+    reference_codes : int array of shape (n_reference, n_q, frames_per_tr), optional
+        The codes the constant baseline may learn from (the training block). None: ``codes`` itself.
 
     Returns
     -------
     dict
         ``accuracy_per_codebook`` [n_q] (fraction of (sample, frame) positions whose argmax is the
-        true code), ``accuracy_mean``; ``chance_most_frequent`` [n_q]: the accuracy of always
-        answering the codebook's most frequent code in ``codes`` (an optimistic constant baseline:
-        it peeks at the block), ``chance_uniform`` = 1 / codebook_size.
+        true code), ``accuracy_mean``; ``chance_most_frequent`` [n_q]: the accuracy on ``codes`` of
+        always answering the codebook's most frequent code in ``reference_codes`` (a constant
+        baseline; with no reference it peeks at ``codes`` and is optimistic), ``chance_uniform`` =
+        1 / codebook_size.
     """
     logits, codes = np.asarray(logits), np.asarray(codes)
     if logits.shape[:-1] != codes.shape or codes.ndim != 3:
@@ -72,7 +75,8 @@ def code_metrics(logits: np.ndarray, codes: np.ndarray) -> dict:
                          "(expected (N, n_q, Fa, C) and (N, n_q, Fa))")
     hits = logits.argmax(axis=-1) == codes                           # (N, n_q, Fa)
     accuracy = hits.mean(axis=(0, 2))
-    chance = [float(np.bincount(codes[:, q].ravel().astype(np.int64)).max() / codes[:, q].size)
+    reference = codes if reference_codes is None else np.asarray(reference_codes)
+    chance = [float(np.mean(codes[:, q] == np.bincount(reference[:, q].ravel().astype(np.int64)).argmax()))
               for q in range(codes.shape[1])]
     return {"accuracy_per_codebook": [float(a) for a in accuracy], "accuracy_mean": float(accuracy.mean()),
             "chance_most_frequent": chance, "chance_uniform": 1.0 / logits.shape[-1]}

@@ -138,6 +138,27 @@ def by_region(manifest: dict, r: np.ndarray, ceiling: np.ndarray | None) -> dict
     return out
 
 
+def realised_ceiling(manifest: dict, targets, fmri_true: np.ndarray, ceiling: np.ndarray | None,
+                     reliable: np.ndarray | None) -> dict | None:
+    """Demo only: the ceiling this test block actually offers beside the expected one.
+
+    The expected ceiling is the correlation between the noise-free signal and the measured group mean
+    that the generator draws the noise for; on a finite block the realised correlation (``truth.npz``
+    ``signal`` at the test targets vs ``fmri_true`` (n_test, V)) scatters around it. Means over the
+    reliable voxels. None on real data.
+    """
+    if "truth" not in manifest["arrays"] or ceiling is None:
+        return None
+    with np.load(manifest["arrays"]["truth"]["path"]) as truth:
+        if "signal" not in truth.files:
+            return None
+        signal = np.asarray(truth["signal"][np.asarray(targets)], np.float64)
+    realised = M.pearson_columns(signal, fmri_true)
+    keep = reliable if reliable is not None else np.ones(len(realised), bool)
+    return {"expected_mean": float(ceiling[keep].mean()), "realised_mean": float(np.nanmean(realised[keep])),
+            "rule": "Pearson r over the test block of truth.npz's noise-free signal and the measured group mean"}
+
+
 def oracle_metrics(manifest: dict, ceiling: np.ndarray | None, reliable: np.ndarray | None,
                    model_fmri: dict) -> dict | None:
     """Demo only: the oracle's test metrics (ridge on the true regressors, giblet.evaluate.oracle) and
@@ -169,6 +190,16 @@ def _train_mean_frame(manifest: dict) -> np.ndarray | None:
     return total / (stop - start) / 255.0
 
 
+def _train_codes(manifest: dict) -> np.ndarray | None:
+    """The training block's EnCodec codes (its targets' TRs, like :func:`_train_mean_frame`), or None."""
+    ranges = manifest["split"]["ranges"]
+    if "train" not in ranges or "audio_codes" not in manifest["arrays"]:
+        return None
+    shift = int(manifest["split"].get("shift_trs", manifest.get("shift_trs", 0)))
+    start, stop = ranges["train"]
+    return np.asarray(np.load(manifest["arrays"]["audio_codes"]["path"], mmap_mode="r")[start + shift:stop + shift])
+
+
 def model_decoding_identification(predictions, manifest: dict) -> dict:
     """Per modality, how well the decoders' output identifies the test TR's stimulus
     (giblet.evaluate.decoding_identification; the ridge decoder in ridge.json is scored alike)."""
@@ -184,7 +215,8 @@ def decoding_metrics(decoded: dict, stimulus: dict, manifest: dict) -> dict:
         out["frames"] = {**frame_metrics(decoded["frames"], stimulus["frames"], _train_mean_frame(manifest)),
                          "baseline": "the training block's mean frame"}
     if "code_logits" in decoded and "codes" in stimulus:
-        out["audio_codes"] = code_metrics(decoded["code_logits"], stimulus["codes"])
+        out["audio_codes"] = {**code_metrics(decoded["code_logits"], stimulus["codes"], _train_codes(manifest)),
+                              "baseline": "the training block's most frequent code per codebook"}
     if "text" in decoded and "text" in stimulus:
         mask = stimulus.get("text_mask", np.ones(stimulus["text"].shape[:2], dtype=bool))
         out["text"] = text_metrics(decoded["text"], stimulus["text"], mask)
@@ -246,7 +278,9 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out_dir: str | P
         "ceiling": {"source": ceiling_source, "path": ceiling_path,
                     "reliable_rule": (f"ceiling >= {reliable_threshold}" if ceiling is not None
                                       else "all voxels (no ceiling in the manifest)"),
-                    "reliable_threshold": reliable_threshold if ceiling is not None else None},
+                    "reliable_threshold": reliable_threshold if ceiling is not None else None,
+                    "test_block": realised_ceiling(manifest, predictions.targets, predictions.fmri_true, ceiling,
+                                                   reliable)},
         "fmri": fmri,
         "by_region": by_region(manifest, r, ceiling),
         "oracle": oracle,
