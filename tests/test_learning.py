@@ -22,7 +22,7 @@ LEARNING_DEMO = [
     "demo.n_trs=360", "demo.n_subjects=2", "demo.resolution_mm=8",
     "demo.video.width=64", "demo.video.height=36", "demo.audio.sample_rate=22050",
     "stimulus.frames.width=64", "stimulus.frames.height=36",
-    "train.epochs=10", "train.early_stopping_patience=0",
+    "train.epochs=30", "train.early_stopping_patience=0",
 ]
 
 
@@ -75,7 +75,7 @@ def test_held_out_fmri_prediction_beats_chance_and_approaches_the_ceiling(traine
 
     history = [json.loads(line) for line in (trained / "train" / "history.jsonl").read_text().splitlines()]
     val_r = [h["val/fmri_r_mean"] for h in history if "val/fmri_r_mean" in h]
-    assert len(val_r) == 10 and max(val_r[-3:]) > val_r[0]
+    assert len(val_r) == 30 and max(val_r[-3:]) > val_r[0]
 
 
 def _fractions(trained) -> tuple[dict, dict]:
