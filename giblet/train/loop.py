@@ -168,6 +168,10 @@ class Trainer:
         self.model.to(self.device)
         self.ddp = self.model
         if self.world_size > 1:
+            # The fixed principal-component basis is computed identically on every rank; DDP would
+            # otherwise broadcast it (fmri_rank x V floats) before every forward.
+            torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                self.model, [n for n in ("fmri_basis", "fmri_mean") if hasattr(self.model, n)])
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[local_rank] if device == "cuda" else None)
         seed = p["seed"] + 1000 * (self.rank + 1)  # distinct dropout masks per rank
