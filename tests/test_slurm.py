@@ -105,7 +105,7 @@ def test_demo_on_slurm_every_job_submitted_and_training_resumes_after_a_signal(s
     first, second = (workflow_copy / ".snakemake" / "slurm_logs" / "rule_train" / f"{job}.log" for job in train_jobs)
     saved = int(re.search(r"signal SIGUSR1: saving at step (\d+)", first.read_text()).group(1))
     resumed = int(re.search(r"resumed at step (\d+)", second.read_text()).group(1))
-    assert resumed == saved >= 5
+    assert resumed == saved >= 1  # signalled after the first checkpoint (an epoch's end or step 5): never from 0
     history = [json.loads(line) for line in (workflow_copy / "results" / "train" / "history.jsonl").open()]
     steps = [entry["step"] for entry in history if "train/total" in entry]
     assert steps == list(range(1, len(steps) + 1)) and len(steps) > saved
