@@ -50,14 +50,10 @@ def tr_latents(truth) -> tuple[list[str], list[str], np.ndarray]:
     return visual + auditory + names, groups, values
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a - a.mean(0), b - b.mean(0)
-    return (a * b).sum(0) / np.sqrt((a * a).sum(0) * (b * b).sum(0) + 1e-12)
-
-
 def decode_r(X_fit, L_fit, X_test, L_test, fit_targets, lag_trs: int) -> np.ndarray:
     """Ridge (one alpha per latent, time-blocked CV) from ``X`` to the latents ``L``: test r per latent."""
     from giblet.evaluate.decoding_identification import ALPHAS
+    from giblet.evaluate.metrics import pearson_columns
     from giblet.evaluate.ridge import ridge_cv_predict
     from giblet.splits import blocked_cv
 
@@ -65,15 +61,7 @@ def decode_r(X_fit, L_fit, X_test, L_test, fit_targets, lag_trs: int) -> np.ndar
     cv = blocked_cv(np.asarray(fit_targets), 5, lag_trs)
     predicted, _, _ = ridge_cv_predict(((X_fit - mean) / sd).astype(np.float32), L_fit.astype(np.float32),
                                        ((X_test - mean) / sd).astype(np.float32), ALPHAS, cv)
-    return _pearson(predicted, L_test)
-
-
-def _brain_components(fmri: np.ndarray, fit: np.ndarray, test: np.ndarray, n: int = 256):
-    brain_fit = np.asarray(fmri[fit], np.float64)
-    mean = brain_fit.mean(0)
-    _, _, vt = np.linalg.svd(brain_fit - mean, full_matrices=False)
-    basis = vt[: min(n, len(fit) - 1)].T
-    return (brain_fit - mean) @ basis, (np.asarray(fmri[test], np.float64) - mean) @ basis
+    return pearson_columns(predicted, L_test)
 
 
 def _model_descriptors(results: Path, manifest: dict, blocks) -> np.ndarray:
@@ -93,7 +81,7 @@ def latent_decoding(results: str | Path) -> dict:
     """``{row: {"by_latent": {name: r}, "group_r": {group: mean r}}}`` for one seed's results folder."""
     import json
 
-    from giblet.evaluate.decoding_identification import decode_delay, decoded_stimulus_trs
+    from giblet.evaluate.decoding_identification import brain_components, decode_delay, decoded_stimulus_trs
     from giblet.splits import Split
 
     results = Path(results)
@@ -108,8 +96,8 @@ def latent_decoding(results: str | Path) -> dict:
     L_fit, L_test = (latents[decoded_stimulus_trs(split, t, delay)] for t in (fit, test))
     inputs = {
         "model": (_model_descriptors(results, manifest, fit_blocks), _model_descriptors(results, manifest, ["test"])),
-        "banded ridge": _brain_components(np.load(manifest["arrays"]["fmri"]["path"], mmap_mode="r"), fit, test),
-        "oracle": _brain_components(truth["signal"], fit, test),
+        "banded ridge": brain_components(np.load(manifest["arrays"]["fmri"]["path"], mmap_mode="r"), fit, test),
+        "oracle": brain_components(truth["signal"], fit, test),
     }
     out = {}
     for row, (X_fit, X_test) in inputs.items():

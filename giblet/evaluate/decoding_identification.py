@@ -100,6 +100,16 @@ def _load_stimulus(manifest: dict, trs: np.ndarray) -> dict:
             for role, (key, _) in ROLES.items() if role in arrays}
 
 
+def brain_components(fmri: np.ndarray, fit, test, n_components: int = N_BRAIN_COMPONENTS) -> tuple[np.ndarray, np.ndarray]:
+    """The brain rows ``fit`` and ``test`` of ``fmri (T, V)`` on the fit rows' first ``n_components``
+    principal components (centred on the fit rows): ``(len(fit), c)``, ``(len(test), c)``."""
+    brain_fit, brain_test = np.asarray(fmri[fit], np.float64), np.asarray(fmri[test], np.float64)
+    mean = brain_fit.mean(axis=0)
+    _, _, vt = np.linalg.svd(brain_fit - mean, full_matrices=False)
+    basis = vt[:min(n_components, len(fit) - 1)].T                                  # (V, c)
+    return (brain_fit - mean) @ basis, (brain_test - mean) @ basis
+
+
 def ridge_decoder(manifest: dict, fmri: np.ndarray, fit_blocks=("train", "val"), test_block: str = "test",
                   n_components: int = N_BRAIN_COMPONENTS, n_folds: int = 5) -> dict:
     """The ridge decoder baseline's identification scores on ``test_block`` (see the module docstring).
@@ -114,11 +124,7 @@ def ridge_decoder(manifest: dict, fmri: np.ndarray, fit_blocks=("train", "val"),
     delay = decode_delay(manifest)
     fit = np.concatenate([np.asarray(split.targets(b)) for b in fit_blocks if b in split.ranges])
     test = np.asarray(split.targets(test_block))
-    brain_fit, brain_test = np.asarray(fmri[fit], np.float64), np.asarray(fmri[test], np.float64)
-    mean = brain_fit.mean(axis=0)
-    _, _, vt = np.linalg.svd(brain_fit - mean, full_matrices=False)
-    basis = vt[:min(n_components, len(fit) - 1)].T                                  # (V, c)
-    X_fit, X_test = (brain_fit - mean) @ basis, (brain_test - mean) @ basis
+    X_fit, X_test = brain_components(fmri, fit, test, n_components)
     codebook = manifest.get("modalities", {}).get("audio", {}).get("codebook_size")
     true_fit = stimulus_descriptors(_load_stimulus(manifest, decoded_stimulus_trs(split, fit, delay)), codebook)
     true_test = stimulus_descriptors(_load_stimulus(manifest, decoded_stimulus_trs(split, test, delay)), codebook)

@@ -175,29 +175,33 @@ def oracle_metrics(manifest: dict, ceiling: np.ndarray | None, reliable: np.ndar
             "fraction_of_oracle": ours / best if ours is not None and best else None}
 
 
+def _training_block(manifest: dict, role: str) -> tuple[np.ndarray, int, int] | None:
+    """A manifest array (memory-mapped) and the rows of the training block's targets' TRs, or None."""
+    ranges = manifest["split"]["ranges"]
+    if "train" not in ranges or role not in manifest["arrays"]:
+        return None
+    shift = int(manifest["split"].get("shift_trs", manifest.get("shift_trs", 0)))
+    start, stop = ranges["train"]
+    return np.load(manifest["arrays"][role]["path"], mmap_mode="r"), start + shift, stop + shift
+
+
 def _train_mean_frame(manifest: dict) -> np.ndarray | None:
     """Mean (in [0, 1]) of the training block's frames (its targets' TRs; the decoded TRs lie a few TRs earlier,
     which moves a mean over hundreds of TRs negligibly)."""
-    ranges = manifest["split"]["ranges"]
-    if "train" not in ranges or "frames" not in manifest["arrays"]:
+    block = _training_block(manifest, "frames")
+    if block is None:
         return None
-    frames = np.load(manifest["arrays"]["frames"]["path"], mmap_mode="r")
-    shift = int(manifest["split"].get("shift_trs", manifest.get("shift_trs", 0)))
-    start, stop = ranges["train"]
+    frames, start, stop = block
     total = np.zeros(frames.shape[1:], dtype=np.float64)
     for a in range(start, stop, 64):
-        total += np.asarray(frames[a + shift:min(a + 64, stop) + shift], dtype=np.float64).sum(axis=0)
+        total += np.asarray(frames[a:min(a + 64, stop)], dtype=np.float64).sum(axis=0)
     return total / (stop - start) / 255.0
 
 
 def _train_codes(manifest: dict) -> np.ndarray | None:
     """The training block's EnCodec codes (its targets' TRs, like :func:`_train_mean_frame`), or None."""
-    ranges = manifest["split"]["ranges"]
-    if "train" not in ranges or "audio_codes" not in manifest["arrays"]:
-        return None
-    shift = int(manifest["split"].get("shift_trs", manifest.get("shift_trs", 0)))
-    start, stop = ranges["train"]
-    return np.asarray(np.load(manifest["arrays"]["audio_codes"]["path"], mmap_mode="r")[start + shift:stop + shift])
+    block = _training_block(manifest, "audio_codes")
+    return None if block is None else np.asarray(block[0][block[1]:block[2]])
 
 
 def model_decoding_identification(predictions, manifest: dict) -> dict:

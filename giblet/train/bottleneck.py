@@ -51,12 +51,12 @@ def fix_fmri_basis(model, pca: tuple[np.ndarray, np.ndarray, np.ndarray]) -> Non
 
 
 @torch.no_grad()
-def fix_bottleneck_to_pca(model, fmri_rows: np.ndarray, pca: tuple | None = None) -> dict:
+def fix_bottleneck_to_pca(model, fmri_rows: np.ndarray, pca: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict:
     """Set ``model.bottleneck.linear`` to the whitened principal components of ``fmri_rows`` (n, V) and
-    freeze it; components beyond ``n - 1`` (fewer rows than ``hidden``) are zero. ``pca``: the
-    components if already computed (at least ``hidden`` of them). Returns a summary."""
+    freeze it; components beyond ``n - 1`` (fewer rows than ``hidden``) are zero. ``pca``:
+    ``principal_components(fmri_rows, k)`` with ``k >= hidden``. Returns a summary."""
     linear = model.bottleneck.linear
-    mean, components, sd = pca or principal_components(fmri_rows, linear.out_features)
+    mean, components, sd = pca
     components, sd = components[:linear.out_features], sd[:linear.out_features]
     weight = np.zeros((linear.out_features, linear.in_features))
     weight[:len(components)] = components / np.maximum(sd, 1e-8)[:, None]
