@@ -64,9 +64,10 @@ def decode_r(X_fit, L_fit, X_test, L_test, fit_targets, lag_trs: int) -> np.ndar
     return pearson_columns(predicted, L_test)
 
 
-def _model_descriptors(results: Path, manifest: dict, blocks) -> np.ndarray:
+def _model_descriptors(results: Path, manifest, blocks) -> np.ndarray:
     from giblet.evaluate.decoding_identification import decoded_descriptors
-    from giblet.evaluate.load import load_model, predict
+    from giblet.evaluate.load import predict
+    from giblet.model.model_file import load_model
 
     model, _ = load_model(results / "train" / "model.pt")
     parts = []
@@ -79,16 +80,14 @@ def _model_descriptors(results: Path, manifest: dict, blocks) -> np.ndarray:
 
 def latent_decoding(results: str | Path) -> dict:
     """``{row: {"by_latent": {name: r}, "group_r": {group: mean r}}}`` for one seed's results folder."""
-    import json
-
+    from giblet.data.manifest import read_manifest
     from giblet.evaluate.decoding_identification import brain_components, decode_delay, decoded_stimulus_trs
-    from giblet.splits import Split
 
     results = Path(results)
-    manifest = json.loads((results / "dataset" / "manifest.json").read_text())
+    manifest = read_manifest(results / "dataset" / "manifest.json")
     truth = np.load(results / "demo" / "truth.npz")
     names, groups, latents = tr_latents(truth)
-    split = Split.from_dict(manifest["split"])
+    split = manifest.split
     fit_blocks = [b for b in ("train", "val") if b in split.ranges]
     fit = np.concatenate([np.asarray(split.targets(b)) for b in fit_blocks])
     test = np.asarray(split.targets("test"))
@@ -96,7 +95,7 @@ def latent_decoding(results: str | Path) -> dict:
     L_fit, L_test = (latents[decoded_stimulus_trs(split, t, delay)] for t in (fit, test))
     inputs = {
         "model": (_model_descriptors(results, manifest, fit_blocks), _model_descriptors(results, manifest, ["test"])),
-        "banded ridge": brain_components(np.load(manifest["arrays"]["fmri"]["path"], mmap_mode="r"), fit, test),
+        "banded ridge": brain_components(np.load(manifest.arrays["fmri"].path, mmap_mode="r"), fit, test),
         "oracle": brain_components(truth["signal"], fit, test),
     }
     out = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import os
 import random
 import sys
 import tempfile
@@ -22,15 +23,16 @@ import torch
 
 from giblet.config import load_config
 from giblet.data.assemble import assemble_dataset
+from giblet.data.batch import collate
+from giblet.data.manifest import read_manifest
 from giblet.data.samples import WindowDataset
 from giblet.files import sha256_file, write_json, write_sidecar
 from giblet.model import BrainAutoencoder, losses
 from giblet.splits import plan_split
 from giblet.train.bottleneck import fix_principal_components
-from giblet.train.checkpoint import benchmark_save
+from giblet.train.checkpoint import CheckpointManager
 from giblet.train.loop import (
     Trainer,
-    collate,
     default_params,
     lr_factor,
     make_optimizer,
@@ -113,13 +115,13 @@ def bare_loop(manifest: Path, params: dict) -> dict:
     """The same training as the Trainer (seeds, model, optimizer, schedule, batch order, collate) in
     plain PyTorch: no history, logging, signals or checkpoints. Times the loop only."""
     p = default_params(params)
-    manifest_dict = json.loads(manifest.read_text())
+    data_set = read_manifest(manifest)
     torch.manual_seed(p["seed"])
-    model = BrainAutoencoder.from_manifest(manifest_dict, p["preset"], dropout=p["dropout"]).to(p["device"])
+    model = BrainAutoencoder.from_manifest(data_set.to_dict(), p["preset"], dropout=p["dropout"]).to(p["device"])
     seed = p["seed"] + 1000  # the Trainer's dropout seed on rank 0
     random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
-    data = WindowDataset(manifest_dict, "train")
-    fmri = np.load(manifest_dict["arrays"]["fmri"]["path"], mmap_mode="r")
+    data = WindowDataset(data_set, "train")
+    fmri = np.load(data_set.array_path("fmri"), mmap_mode="r")
     fix_principal_components(model, np.asarray(fmri[list(data.targets)]))
     sampler = ResumableSampler(len(data), p["batch_size"], seed=p["seed"], contiguous=p["batch_order"] == "consecutive")
     optimizer = make_optimizer(p["optimizer"], model.parameters(), p["lr"], p["weight_decay"])
@@ -210,16 +212,39 @@ def trainer_overhead(quick: bool) -> dict:
 
 def trained_state(manifest: Path, preset: str, optimizer: str = "adamw") -> tuple[dict, torch.optim.Optimizer]:
     """Model and optimizer state dicts after one optimizer step on one batch (CPU)."""
-    manifest_dict = json.loads(manifest.read_text())
+    data_set = read_manifest(manifest)
     torch.manual_seed(0)
-    model = BrainAutoencoder.from_manifest(manifest_dict, preset)
+    model = BrainAutoencoder.from_manifest(data_set.to_dict(), preset)
     opt = make_optimizer(optimizer, model.parameters(), 1e-3, 0.01)
-    data = WindowDataset(manifest_dict, "train")
+    data = WindowDataset(data_set, "train")
     batch = collate(data, list(range(min(4, len(data)))), "cpu")
     losses(model(batch), batch)["total"].backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
     return {"model": model.state_dict(), "optimizer": opt.state_dict()}, opt
+
+
+def benchmark_save(directory: Path, state: dict, repeats: int = 3) -> dict:
+    """Seconds of :meth:`CheckpointManager.save` vs plain ``torch.save`` (with and without fsync) of
+    ``state`` in ``directory``; best of ``repeats``. ``ratio`` = torch.save time / save time."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    manager = CheckpointManager(directory / "ckpt", "benchmark", every_minutes=None)
+    plain, synced, managed = [], [], []
+    for i in range(repeats):
+        t = time.perf_counter()
+        torch.save(state, directory / "plain.pt")
+        plain.append(time.perf_counter() - t)
+        with open(directory / "plain.pt", "rb") as f:
+            os.fsync(f.fileno())
+        synced.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        manager.save(state, step=i + 1, epoch=0)
+        managed.append(time.perf_counter() - t)
+    out = {"torch_save_s": min(plain), "torch_save_fsync_s": min(synced), "save_s": min(managed)}
+    out["ratio"] = out["torch_save_s"] / out["save_s"]
+    out["ratio_vs_fsync"] = out["torch_save_fsync_s"] / out["save_s"]
+    return out
 
 
 def checkpoint_overhead(quick: bool) -> dict:

@@ -12,11 +12,23 @@ import numpy as np
 
 from giblet.config import load_config
 from giblet.data.assemble import assemble_dataset
+from giblet.data.manifest import ArrayFile, Manifest
 from giblet.files import write_json, write_sidecar
-from giblet.splits import plan_split
+from giblet.splits import Split, plan_split
 
 N_TRS = 60
 FRACTIONS = "{train: 0.6, val: 0.2, test: 0.2}"
+
+
+def in_memory_manifest(arrays: dict[str, str | Path], split: Split | None = None, *, n_voxels: int = 0,
+                       tr: float = 1.5, modalities: dict | None = None) -> Manifest:
+    """A :class:`Manifest` that was never written (for unit tests of functions that read a few of its
+    fields): ``arrays`` {role: path} (no digests), ``split`` (an empty lag-1 one by default)."""
+    split = split if split is not None else Split({}, 1, 0, 0)
+    return Manifest(tr=tr, split=split, lag_trs=split.lag_trs, shift_trs=split.shift_trs, n_voxels=n_voxels,
+                    affine=np.eye(4).tolist(),
+                    n_targets={name: stop - start for name, (start, stop) in split.ranges.items()},
+                    modalities=modalities or {}, arrays={role: ArrayFile(Path(p), "") for role, p in arrays.items()})
 
 
 def random_fmri(rng: np.random.Generator, frames: np.ndarray, n_voxels: int) -> np.ndarray:

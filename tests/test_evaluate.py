@@ -247,6 +247,7 @@ def make_bundle(root: Path, ceiling: bool = True, truth: bool = False, test: boo
 def save_model(manifest_path: Path, out: Path, n_voxels: int | None = None) -> Path:
     """An untrained tiny model in the model.pt format (Trainer.write_model), fMRI layer randomized."""
     from giblet.model import BrainAutoencoder
+    from giblet.model.model_file import write_model_file
 
     manifest = json.loads(manifest_path.read_text())
     if n_voxels is not None:
@@ -254,10 +255,10 @@ def save_model(manifest_path: Path, out: Path, n_voxels: int | None = None) -> P
     torch.manual_seed(0)
     model = BrainAutoencoder.from_manifest(manifest, "tiny")
     torch.nn.init.normal_(model.to_fmri.weight, std=0.5)  # the zero init would predict a constant
-    torch.save({"format": "giblet.model/1", "model_config": model.config(), "state_dict": model.state_dict(),
-                "weights": {"weights": "final", "step": 3, "epoch": 1}, "manifest": str(manifest_path),
-                "manifest_sha256": "0" * 64, "config_hash": "feedfacecafe0001", "steps": 3, "epochs": 1,
-                "best_val_loss": 1.5, "giblet_version": "0.1.0"}, out)
+    write_model_file(out, model.config(), model.state_dict(),
+                     weights={"weights": "final", "step": 3, "epoch": 1}, manifest=str(manifest_path),
+                     manifest_sha256="0" * 64, config_hash="feedfacecafe0001", steps=3, epochs=1,
+                     best_val_loss=1.5, giblet_version="0.1.0")
     return out
 
 
@@ -301,20 +302,21 @@ def test_realised_test_ceiling_matches_the_generators_expected_one(tmp_path):
     """Noise of variance 1/c^2 - 1 around a unit-variance signal: over many TRs the realised correlation
     is c; over few it scatters (what the demo's test block reports beside the expected value)."""
     from giblet.evaluate.evaluate import realised_ceiling
+    from tests.bundles import in_memory_manifest
 
     rng = np.random.default_rng(0)
     c = np.linspace(0.3, 0.9, 50)
     signal = rng.standard_normal((20000, 50))
     measured = signal + rng.standard_normal((20000, 50)) * np.sqrt(1 / c**2 - 1)
     np.savez(tmp_path / "truth.npz", signal=signal)
-    manifest = {"arrays": {"truth": {"path": str(tmp_path / "truth.npz")}}}
+    manifest = in_memory_manifest({"truth": tmp_path / "truth.npz"})
     result = realised_ceiling(manifest, range(20000), measured, c, None)
     assert result["expected_mean"] == pytest.approx(c.mean())
     assert result["realised_mean"] == pytest.approx(c.mean(), abs=0.005)
     few = realised_ceiling(manifest, range(40), measured[:40], c, c > 0.6)
     assert few["expected_mean"] == pytest.approx(c[c > 0.6].mean())
     assert few["realised_mean"] != pytest.approx(few["expected_mean"], abs=1e-4)
-    assert realised_ceiling({"arrays": {}}, range(40), measured[:40], c, None) is None  # real data
+    assert realised_ceiling(in_memory_manifest({}), range(40), measured[:40], c, None) is None  # real data
 
 
 def test_evaluate_errors_name_the_file_and_write_nothing(tmp_path):

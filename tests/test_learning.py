@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from giblet.data.batch import collate
+from giblet.data.manifest import read_manifest
 from giblet.data.samples import WindowDataset
-from giblet.model import BrainAutoencoder
-from giblet.train.loop import collate
+from giblet.model.model_file import load_model
 from tests.conftest import copy_workflow
 from tests.test_workflow import snakemake, write_overlay
 
@@ -44,11 +45,8 @@ def trained(tmp_path_factory):
 @pytest.mark.slow
 def test_held_out_fmri_prediction_beats_chance_and_approaches_the_ceiling(trained, monkeypatch):
     monkeypatch.chdir(trained.parent)  # the manifest's paths are relative to the workflow directory
-    saved = torch.load(trained / "train" / "model.pt", map_location="cpu", weights_only=False)
-    model = BrainAutoencoder.from_config(saved["model_config"])  # model.pt alone rebuilds the model
-    model.load_state_dict(saved["state_dict"])
-    model.eval()
-    manifest = json.loads((trained / "dataset" / "manifest.json").read_text())
+    model, _ = load_model(trained / "train" / "model.pt")  # model.pt alone rebuilds the model
+    manifest = read_manifest(trained / "dataset" / "manifest.json")
     test = WindowDataset(manifest, "test")
     with torch.no_grad():
         batch = collate(test, list(range(len(test))), "cpu")

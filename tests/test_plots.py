@@ -27,6 +27,7 @@ from giblet.evaluate.reconstructions import plot_reconstructions
 from giblet.evaluate.training_summary import training_summary
 from giblet.files import sha256_file, write_json, write_sidecar
 from giblet.model import BrainAutoencoder
+from giblet.model.model_file import write_model_file
 from giblet.splits import plan_split
 
 N_TRS, GRID = 60, (5, 6, 1)
@@ -38,9 +39,7 @@ F, H, W, N_Q, FA, C, K, D = 2, 18, 32, 4, 16, 64, 2, 16
 
 def _save_model(model: BrainAutoencoder, path: Path) -> Path:
     """The fields of Trainer.write_model that load_model needs."""
-    torch.save({"format": "giblet.model/1", "model_config": model.config(), "state_dict": model.state_dict(),
-                "manifest": "manifest.json"}, path)
-    return path
+    return write_model_file(path, model.config(), model.state_dict(), manifest="manifest.json")
 
 
 def make_bundle(root: Path, encodec_sidecar: dict | None = None) -> dict:

@@ -1,16 +1,16 @@
 """The closed-form fMRI layer, the brain-shaped temporal filters, the banded baseline and the oracle."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
+from giblet.data.manifest import read_manifest
 from giblet.evaluate.ridge import banded_ridge_predict, feature_groups, ridge_cv_predict
 from giblet.model.encoders import HemodynamicFilters
 from giblet.splits import blocked_cv
 from giblet.timing import hrf_kernel
 from giblet.train.readout import ridge_weights
+from tests.bundles import in_memory_manifest
 
 
 def test_ridge_weights_equal_the_closed_form_ridge_on_centred_features():
@@ -83,14 +83,14 @@ def test_oracle_recovers_a_brain_made_of_its_regressors(tmp_path):
     X = np.concatenate([design["design_a_linear"], design["design_b_nonlinear"]], axis=1)
     assert np.array_equal(true_regressors(tmp_path / "truth.npz"), X.astype(np.float32))
     fmri = X @ rng.standard_normal((5, v)) + 0.3 * rng.standard_normal((n, v))
-    split = plan_split(n, n, load_config(None, ["split.lag_trs=4"])["split"]).to_dict()
-    manifest = {"arrays": {"truth": {"path": str(tmp_path / "truth.npz")}}, "split": split}
+    split = plan_split(n, n, load_config(None, ["split.lag_trs=4"])["split"])
+    manifest = in_memory_manifest({"truth": tmp_path / "truth.npz"}, split)
     pred, true = oracle_predict(manifest, fmri)
-    test = range(*split["ranges"]["test"])
+    test = range(*split.ranges["test"])
     assert np.array_equal(true, fmri[test].astype(np.float32))
     r = [np.corrcoef(pred[:, j], true[:, j])[0, 1] for j in range(v)]
     assert min(r) > 0.9
-    assert oracle_predict({"arrays": {}, "split": split}, fmri) is None
+    assert oracle_predict(in_memory_manifest({}, split), fmri) is None
 
 
 def test_decoders_that_return_the_true_stimulus_identify_every_tr():
@@ -129,9 +129,9 @@ def test_ridge_decoder_identifies_the_stimulus_the_brain_encodes_at_the_hemodyna
         return drive + 0.5 * drive.std() * rng.standard_normal(drive.shape)
 
     manifest_path = write_bundle(tmp_path, 300, frame_brain, fractions="{train: 0.5, val: 0.1, test: 0.4}")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(manifest_path)
     assert decode_delay(manifest) == 3
-    scores = ridge_decoder(manifest, np.load(manifest["arrays"]["fmri"]["path"]), n_components=20)
+    scores = ridge_decoder(manifest, np.load(manifest.arrays["fmri"].path), n_components=20)
     assert scores["frames"]["top1"] >= 0.6 > 5 * scores["frames"]["chance_top1"]
     assert scores["audio"]["top1"] <= 0.35
 

@@ -3,15 +3,20 @@ sklearn, hand-written windows, and synthetic brains with a known stimulus -> fMR
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.linear_model import Ridge
 
+from giblet.data.manifest import ArrayFile
 from giblet.data.samples import WindowDataset
 from giblet.evaluate.ridge import RidgeResult, fit_ridge, ridge_cv_predict
 from giblet.splits import blocked_cv
 from giblet.evaluate.ridge_features import lagged, stimulus_features, window_trs
 from giblet.splits import Split, plan_split
+from tests.bundles import in_memory_manifest
 
 LAG, SHIFT = 5, 1
 
@@ -77,14 +82,14 @@ def make_manifest(path, n_trs=300, n_voxels=20, modalities=("frames", "audio", "
     params = {"lag_trs": LAG, "buffer_trs": None, "ranges": None,
               "fractions": {"train": 0.6, "val": 0.15, "test": 0.25}}
     split = plan_split(n_fmri, n_trs, params, SHIFT)
-    return {"tr": 1.5, "split": split.to_dict(), "lag_trs": LAG, "shift_trs": SHIFT, "n_voxels": n_voxels,
-            "modalities": {"audio": {"n_q": 2, "frames_per_tr": 8, "codebook_size": 16}} if "audio" in modalities
-            else {}, "arrays": {role: {"path": str(path / f"{role}.npy")} for role in arrays}}
+    return in_memory_manifest({role: path / f"{role}.npy" for role in arrays}, split, n_voxels=n_voxels,
+                              modalities={"audio": {"n_q": 2, "frames_per_tr": 8, "codebook_size": 16}}
+                              if "audio" in modalities else {})
 
 
 def with_array(manifest, role, array, path):
     np.save(path, array)
-    return {**manifest, "arrays": {**manifest["arrays"], role: {"path": str(path)}}}
+    return dataclasses.replace(manifest, arrays={**manifest.arrays, role: ArrayFile(Path(path), "")})
 
 
 # ------------------------------------------------------------------------------------------ ridge
@@ -163,7 +168,7 @@ def test_lagged_returns_the_window_rows_written_by_hand():
 
 def test_lagged_sees_exactly_the_model_samples(tmp_path):
     manifest = make_manifest(tmp_path, n_trs=60, modalities=("frames",))
-    split = Split.from_dict(manifest["split"])
+    split = manifest.split
     n_trs = 60
     frames = np.zeros((n_trs, 1, 1, 1, 3), np.uint8)
     frames[:, 0, 0, 0, 0] = np.arange(n_trs)                      # each TR's frame carries its index
@@ -180,7 +185,7 @@ def test_lagged_sees_exactly_the_model_samples(tmp_path):
 
 def test_features_are_fitted_on_the_fit_trs_only(tmp_path):
     manifest = make_manifest(tmp_path / "a", n_trs=120)
-    split = Split.from_dict(manifest["split"])
+    split = manifest.split
     fit = window_trs(split, ("train", "val"))
     other = np.setdiff1d(np.arange(120), fit)
     assert len(other) > 20 and np.intersect1d(window_trs(split, ("test",)), fit).size == 0
@@ -193,7 +198,7 @@ def test_features_are_fitted_on_the_fit_trs_only(tmp_path):
     rng = np.random.default_rng(9)
     changed = manifest
     for role in ("frames", "audio_codes", "text", "text_mask"):
-        array = np.load(manifest["arrays"][role]["path"])
+        array = np.load(manifest.arrays[role].path)
         if role == "frames":
             array[other] = rng.integers(0, 256, array[other].shape)
         elif role == "audio_codes":
@@ -208,7 +213,7 @@ def test_features_are_fitted_on_the_fit_trs_only(tmp_path):
     assert not np.allclose(X2[other], X1[other])
 
     # positive control: changing one fit TR does move the other fit rows (PCA + scaling use them)
-    frames = np.load(manifest["arrays"]["frames"]["path"])
+    frames = np.load(manifest.arrays["frames"].path)
     frames[fit[0]] = 255 - frames[fit[0]]
     X3, _ = stimulus_features(with_array(manifest, "frames", frames, tmp_path / "f3.npy"), fit, n_components=4)
     assert not np.allclose(X3[fit[1:], :4], X1[fit[1:], :4])
@@ -230,7 +235,7 @@ def test_code_histograms_and_text_means_by_hand(tmp_path):
 
 def test_missing_modalities_are_skipped_and_requesting_one_fails(tmp_path):
     manifest = make_manifest(tmp_path, n_trs=150, modalities=("text",))
-    split = Split.from_dict(manifest["split"])
+    split = manifest.split
     X, info = stimulus_features(manifest, window_trs(split, ("train",)), n_components=3)
     assert list(info["columns"]) == ["text"] and X.shape == (150, 4)
     with pytest.raises(ValueError, match="frames"):
@@ -247,9 +252,9 @@ def test_missing_modalities_are_skipped_and_requesting_one_fails(tmp_path):
 def test_end_to_end_recovers_a_lagged_linear_brain_and_not_a_shuffled_one(tmp_path):
     manifest = make_manifest(tmp_path / "real", noise=0.3)
     result = fit_ridge(manifest, n_components=6, alphas=np.logspace(-1, 5, 13))
-    split = Split.from_dict(manifest["split"])
+    split = manifest.split
     np.testing.assert_array_equal(result.targets_test, np.arange(*split.ranges["test"]))
-    fmri = np.load(manifest["arrays"]["fmri"]["path"])
+    fmri = np.load(manifest.arrays["fmri"].path)
     np.testing.assert_array_equal(result.true_test, fmri[result.targets_test])
     r = result.r()
     # r is the model's metric; check it against numpy's Pearson r

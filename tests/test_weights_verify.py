@@ -20,6 +20,7 @@ from giblet.evaluate.verify import verify_checkpoint
 from giblet.evaluate.weights import examine_weights
 from giblet.files import sha256_file
 from giblet.model import BrainAutoencoder
+from giblet.model.model_file import MODEL_FORMAT
 from tests.bundles import write_bundle
 
 N_VOXELS = 50
@@ -35,7 +36,7 @@ def make_bundle(root: Path) -> Path:
 def model_dict(model: BrainAutoencoder, manifest_path: Path, steps: int = 0) -> dict:
     """What Trainer.write_model saves (giblet.train.loop), for a model that trained ``steps`` steps."""
     manifest = json.loads(manifest_path.read_text())
-    return {"format": "giblet.model/1", "model_config": model.config(),
+    return {"format": MODEL_FORMAT, "model_config": model.config(),
             "state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
             "weights": {"weights": "final", "step": steps, "epoch": 0}, "manifest": str(manifest_path),
             "manifest_sha256": sha256_file(manifest_path), "mask": manifest["arrays"]["mask"],

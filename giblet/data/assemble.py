@@ -1,6 +1,6 @@
 """Assemble the dataset manifest: the one file training and evaluation read.
 
-The manifest lists every array (path, shape, dtype, SHA-256), the TR, the split, the lag window and
+The manifest (:class:`giblet.data.manifest.Manifest`, written and read only by that module) lists every array (path, shape, dtype, SHA-256), the TR, the split, the lag window and
 ``fmri.shift_trs``, and how many TRs each array has beyond what the split uses (arrays are
 truncated to a common length, never time-warped). Every model dimension comes from here.
 """
@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from giblet.data.manifest import ArrayFile, Manifest, write_manifest
 from giblet.errors import InputError
-from giblet.files import read_sidecar, sha256_file, write_json
+from giblet.files import read_sidecar, sha256_file
 from giblet.splits import Split
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ def assemble_dataset(stimulus: dict[str, Path], fmri_group: Path, mask: Path, sp
 
     ``stimulus`` maps roles (``frames``, ``audio_codes``, ``text``, ``text_mask``) to ``.npy``
     paths; absent roles are disabled modalities. Raises InputError naming the file when an array is
-    shorter than the split needs or disagrees with the mask.
+    shorter than the split needs or disagrees with the mask. Returns the manifest's JSON dict
+    (:meth:`Manifest.to_dict`); read the file back with :func:`giblet.data.manifest.read_manifest`.
     """
     split = Split.from_dict(json.loads(Path(split_json).read_text()))
     last_target = max(stop for _, stop in split.ranges.values()) - 1
@@ -82,20 +84,14 @@ def assemble_dataset(stimulus: dict[str, Path], fmri_group: Path, mask: Path, sp
         if path is not None:
             arrays[role] = {"path": str(path), "sha256": sha256_file(path)}
 
-    manifest = {
-        "tr": tr,
-        "split": split.to_dict(),
-        "lag_trs": split.lag_trs, "shift_trs": split.shift_trs,
-        "n_voxels": n_voxels, "affine": mask_img.affine.tolist(),
-        "n_targets": {name: stop - start for name, (start, stop) in split.ranges.items()},
-        "modalities": modalities, "arrays": arrays,
-    }
-    write_json(out_manifest, manifest)
+    manifest = Manifest(
+        tr=tr, split=split, lag_trs=split.lag_trs, shift_trs=split.shift_trs, n_voxels=n_voxels,
+        affine=mask_img.affine.tolist(),
+        n_targets={name: stop - start for name, (start, stop) in split.ranges.items()},
+        modalities=modalities, arrays={role: ArrayFile.from_dict(entry, Path(out_manifest), role)
+                                       for role, entry in arrays.items()},
+        path=Path(out_manifest))
+    write_manifest(manifest, out_manifest)
     log.info("manifest %s: %d voxels, modalities %s, targets %s", out_manifest, n_voxels, sorted(modalities),
-             manifest["n_targets"])
-    return manifest
-
-
-def load_manifest(path: str | Path) -> dict:
-    with open(path) as f:
-        return json.load(f)
+             manifest.n_targets)
+    return manifest.to_dict()

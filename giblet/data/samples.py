@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from giblet.data.assemble import load_manifest
-from giblet.splits import Split
+from giblet.data.manifest import Manifest, as_manifest
 
 # Manifest roles -> sample keys, and the dtype each sample tensor gets.
 ROLES = {"frames": ("frames", torch.uint8), "audio_codes": ("codes", torch.int64),
@@ -28,20 +27,21 @@ class WindowDataset(torch.utils.data.Dataset):
     ``frames`` (lag, F, H, W, 3) uint8, ``codes`` (lag, n_q, frames_per_tr) int64, ``text``
     (lag, k, d) float32 and ``text_mask`` (lag, k) bool.
 
+    ``manifest``: a :class:`~giblet.data.manifest.Manifest` or the path of one.
     ``device``: None reads each sample from the memory maps (DataLoader workers can share them);
     a torch device loads every array onto it once, for data that fit in its memory.
     """
 
-    def __init__(self, manifest: str | Path | dict, split: str, device: str | torch.device | None = None):
-        self.manifest = manifest if isinstance(manifest, dict) else load_manifest(manifest)
-        self.split = Split.from_dict(self.manifest["split"])
+    def __init__(self, manifest: str | Path | Manifest, split: str, device: str | torch.device | None = None):
+        self.manifest = as_manifest(manifest)
+        self.split = self.manifest.split
         if split not in self.split.ranges:
             raise KeyError(f"split '{split}' is not in the manifest (has {sorted(self.split.ranges)})")
         self.targets = self.split.targets(split)
         self.device = torch.device(device) if device is not None else None
-        arrays = self.manifest["arrays"]
-        self.sources = {role: np.load(arrays[role]["path"], mmap_mode="r") for role in ROLES if role in arrays}
-        self.sources["fmri"] = np.load(arrays["fmri"]["path"], mmap_mode="r")
+        arrays = self.manifest.arrays
+        self.sources = {role: np.load(arrays[role].path, mmap_mode="r") for role in ROLES if role in arrays}
+        self.sources["fmri"] = np.load(arrays["fmri"].path, mmap_mode="r")
         if self.device is not None:
             self.sources = {role: torch.from_numpy(np.array(a)).to(self.device)
                             for role, a in self.sources.items()}

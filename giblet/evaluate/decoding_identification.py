@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from giblet.data.manifest import Manifest
 from giblet.evaluate.metrics import identification
 from giblet.evaluate.ridge_features import code_features, frame_features, text_features
 from giblet.splits import Split, blocked_cv
@@ -79,11 +80,11 @@ def identification_scores(predicted: dict, true: dict) -> dict:
     return out
 
 
-def decode_delay(manifest: dict) -> int:
+def decode_delay(manifest: Manifest) -> int:
     """TRs between a decoded stimulus TR and the end of its window: the model's ``decode_delay_trs``."""
     from giblet.timing import decode_delay_trs
 
-    return decode_delay_trs(manifest["tr"], manifest["lag_trs"])
+    return decode_delay_trs(manifest.tr, manifest.lag_trs)
 
 
 def decoded_stimulus_trs(split: Split, targets, delay: int) -> np.ndarray:
@@ -91,12 +92,12 @@ def decoded_stimulus_trs(split: Split, targets, delay: int) -> np.ndarray:
     return np.array([split.window(int(t))[1] - 1 - delay for t in targets], dtype=np.int64)
 
 
-def _load_stimulus(manifest: dict, trs: np.ndarray) -> dict:
+def _load_stimulus(manifest: Manifest, trs: np.ndarray) -> dict:
     """The manifest's stimulus arrays at stimulus TRs ``trs``, under the sample keys the model's batches use."""
     from giblet.data.samples import ROLES
 
-    arrays = manifest["arrays"]
-    return {key: np.asarray(np.load(arrays[role]["path"], mmap_mode="r")[trs])
+    arrays = manifest.arrays
+    return {key: np.asarray(np.load(arrays[role].path, mmap_mode="r")[trs])
             for role, (key, _) in ROLES.items() if role in arrays}
 
 
@@ -110,7 +111,7 @@ def brain_components(fmri: np.ndarray, fit, test, n_components: int = N_BRAIN_CO
     return (brain_fit - mean) @ basis, (brain_test - mean) @ basis
 
 
-def ridge_decoder(manifest: dict, fmri: np.ndarray, fit_blocks=("train", "val"), test_block: str = "test",
+def ridge_decoder(manifest: Manifest, fmri: np.ndarray, fit_blocks=("train", "val"), test_block: str = "test",
                   n_components: int = N_BRAIN_COMPONENTS, n_folds: int = 5) -> dict:
     """The ridge decoder baseline's identification scores on ``test_block`` (see the module docstring).
 
@@ -120,12 +121,12 @@ def ridge_decoder(manifest: dict, fmri: np.ndarray, fit_blocks=("train", "val"),
     """
     from giblet.evaluate.ridge import ridge_cv_predict
 
-    split = Split.from_dict(manifest["split"])
+    split = manifest.split
     delay = decode_delay(manifest)
     fit = np.concatenate([np.asarray(split.targets(b)) for b in fit_blocks if b in split.ranges])
     test = np.asarray(split.targets(test_block))
     X_fit, X_test = brain_components(fmri, fit, test, n_components)
-    codebook = manifest.get("modalities", {}).get("audio", {}).get("codebook_size")
+    codebook = manifest.modalities["audio"]["codebook_size"] if "audio" in manifest.modalities else None
     true_fit = stimulus_descriptors(_load_stimulus(manifest, decoded_stimulus_trs(split, fit, delay)), codebook)
     true_test = stimulus_descriptors(_load_stimulus(manifest, decoded_stimulus_trs(split, test, delay)), codebook)
     predicted = {}

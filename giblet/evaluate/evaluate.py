@@ -16,21 +16,22 @@ for every definition.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from giblet.data.manifest import Manifest, read_manifest
 from giblet.errors import InputError
 from giblet.evaluate import metrics as M
 from giblet.evaluate.brain_maps import plot_r_map, r_map_image
 from giblet.evaluate.decoding_identification import decoded_descriptors, identification_scores, stimulus_descriptors
 from giblet.evaluate.decoding_metrics import code_metrics, frame_metrics, text_metrics
-from giblet.evaluate.load import load_model, predict
+from giblet.evaluate.load import predict
 from giblet.evaluate.oracle import oracle_predict
 from giblet.files import atomic_output_dir, jsonable, sha256_file, write_json
+from giblet.model.model_file import load_model
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +41,8 @@ CEILING_EXACT = "exact (demo truth)"
 CEILING_ISC = "ISC estimate"
 
 
-def _read_manifest(path: Path) -> dict:
-    if not path.exists():
-        raise InputError(path, "no such manifest: run the assemble stage first")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise InputError(path, f"cannot be read as a JSON manifest ({type(error).__name__}: {error})") from error
-    if not isinstance(manifest, dict) or "split" not in manifest or "arrays" not in manifest:
-        raise InputError(path, "is not a giblet dataset manifest (no split or arrays)")
-    return manifest
-
-
-def _test_range(manifest: dict, path: Path) -> tuple[int, int]:
-    ranges = manifest["split"].get("ranges", {})
+def _test_range(manifest: Manifest, path: Path) -> tuple[int, int]:
+    ranges = manifest.split.ranges
     if SPLIT not in ranges or ranges[SPLIT][1] - ranges[SPLIT][0] < 1:
         raise InputError(path, f"has no test block (split blocks: {sorted(ranges)}); evaluation uses only the "
                                "held-out test block: set split.fractions.test > 0 (or split.ranges.test) and rerun")
@@ -61,17 +50,17 @@ def _test_range(manifest: dict, path: Path) -> tuple[int, int]:
     return int(start), int(stop)
 
 
-def _check_model(saved: dict, manifest: dict, model_path: Path, manifest_path: Path) -> None:
+def _check_model(saved: dict, manifest: Manifest, model_path: Path, manifest_path: Path) -> None:
     config = saved["model_config"]
-    if int(config["n_voxels"]) != int(manifest["n_voxels"]):
+    if int(config["n_voxels"]) != int(manifest.n_voxels):
         raise InputError(model_path, f"the model has {config['n_voxels']} voxels but {manifest_path} has "
-                                     f"{manifest['n_voxels']}: it was trained on other data")
-    if config["modalities"] != manifest["modalities"]:
+                                     f"{manifest.n_voxels}: it was trained on other data")
+    if config["modalities"] != manifest.modalities:
         raise InputError(model_path, f"the model's modalities {config['modalities']} differ from those of "
-                                     f"{manifest_path} ({manifest['modalities']})")
-    if int(config["lag_trs"]) < int(manifest["lag_trs"]):
+                                     f"{manifest_path} ({manifest.modalities})")
+    if int(config["lag_trs"]) < int(manifest.lag_trs):
         raise InputError(model_path, f"the model's lag window ({config['lag_trs']} TRs) is shorter than "
-                                     f"{manifest_path}'s ({manifest['lag_trs']} TRs)")
+                                     f"{manifest_path}'s ({manifest.lag_trs} TRs)")
 
 
 def load_checked(model_path: str | Path, manifest_path: str | Path, device: str = "cpu"):
@@ -83,7 +72,7 @@ def load_checked(model_path: str | Path, manifest_path: str | Path, device: str 
     of voxels, modalities, lag).
     """
     model_path, manifest_path = Path(model_path), Path(manifest_path)
-    manifest = _read_manifest(manifest_path)
+    manifest = read_manifest(manifest_path)
     test_range = _test_range(manifest, manifest_path)
     model, saved = load_model(model_path, device)
     _check_model(saved, manifest, model_path, manifest_path)
@@ -103,27 +92,27 @@ def _load_vector(path: Path, key: str, n_voxels: int) -> np.ndarray:
     return values
 
 
-def load_ceiling(manifest: dict) -> tuple[np.ndarray | None, str, str | None]:
+def load_ceiling(manifest: Manifest) -> tuple[np.ndarray | None, str, str | None]:
     """The noise ceiling to use: (ceiling (V,) or None, its source, its path).
 
     The demo's exact ceiling of the group mean (``truth.npz`` ``ceiling_group``) when the manifest
     lists a truth file, else the ISC estimate (``ceiling.npz`` ``group``), else none.
     """
-    arrays, n_voxels = manifest["arrays"], int(manifest["n_voxels"])
+    arrays, n_voxels = manifest.arrays, int(manifest.n_voxels)
     if "truth" in arrays:
-        path = Path(arrays["truth"]["path"])
+        path = arrays["truth"].path
         return _load_vector(path, "ceiling_group", n_voxels), CEILING_EXACT, str(path)
     if "ceiling" in arrays:
-        path = Path(arrays["ceiling"]["path"])
+        path = arrays["ceiling"].path
         return _load_vector(path, "group", n_voxels), CEILING_ISC, str(path)
     return None, "none", None
 
 
-def by_region(manifest: dict, r: np.ndarray, ceiling: np.ndarray | None) -> dict | None:
+def by_region(manifest: Manifest, r: np.ndarray, ceiling: np.ndarray | None) -> dict | None:
     """Demo only: mean r (and ceiling) per simulated region (``truth.npz`` ``region``/``region_names``)."""
-    if "truth" not in manifest["arrays"]:
+    if "truth" not in manifest.arrays:
         return None
-    with np.load(manifest["arrays"]["truth"]["path"]) as truth:
+    with np.load(manifest.arrays["truth"].path) as truth:
         if "region" not in truth.files or "region_names" not in truth.files:
             return None
         region, names = np.asarray(truth["region"]), [str(n) for n in truth["region_names"]]
@@ -138,7 +127,7 @@ def by_region(manifest: dict, r: np.ndarray, ceiling: np.ndarray | None) -> dict
     return out
 
 
-def realised_ceiling(manifest: dict, targets, fmri_true: np.ndarray, ceiling: np.ndarray | None,
+def realised_ceiling(manifest: Manifest, targets, fmri_true: np.ndarray, ceiling: np.ndarray | None,
                      reliable: np.ndarray | None) -> dict | None:
     """Demo only: the ceiling this test block actually offers beside the expected one.
 
@@ -147,9 +136,9 @@ def realised_ceiling(manifest: dict, targets, fmri_true: np.ndarray, ceiling: np
     ``signal`` at the test targets vs ``fmri_true`` (n_test, V)) scatters around it. Means over the
     reliable voxels. None on real data.
     """
-    if "truth" not in manifest["arrays"] or ceiling is None:
+    if "truth" not in manifest.arrays or ceiling is None:
         return None
-    with np.load(manifest["arrays"]["truth"]["path"]) as truth:
+    with np.load(manifest.arrays["truth"].path) as truth:
         if "signal" not in truth.files:
             return None
         signal = np.asarray(truth["signal"][np.asarray(targets)], np.float64)
@@ -159,11 +148,11 @@ def realised_ceiling(manifest: dict, targets, fmri_true: np.ndarray, ceiling: np
             "rule": "Pearson r over the test block of truth.npz's noise-free signal and the measured group mean"}
 
 
-def oracle_metrics(manifest: dict, ceiling: np.ndarray | None, reliable: np.ndarray | None,
+def oracle_metrics(manifest: Manifest, ceiling: np.ndarray | None, reliable: np.ndarray | None,
                    model_fmri: dict) -> dict | None:
     """Demo only: the oracle's test metrics (ridge on the true regressors, giblet.evaluate.oracle) and
     the model's ``fraction_of_oracle`` (its reliable-voxel mean r over the oracle's). None on real data."""
-    fmri = np.load(manifest["arrays"]["fmri"]["path"], mmap_mode="r")
+    fmri = np.load(manifest.arrays["fmri"].path, mmap_mode="r")
     predicted = oracle_predict(manifest, fmri)
     if predicted is None:
         return None
@@ -175,17 +164,17 @@ def oracle_metrics(manifest: dict, ceiling: np.ndarray | None, reliable: np.ndar
             "fraction_of_oracle": ours / best if ours is not None and best else None}
 
 
-def _training_block(manifest: dict, role: str) -> tuple[np.ndarray, int, int] | None:
+def _training_block(manifest: Manifest, role: str) -> tuple[np.ndarray, int, int] | None:
     """A manifest array (memory-mapped) and the rows of the training block's targets' TRs, or None."""
-    ranges = manifest["split"]["ranges"]
-    if "train" not in ranges or role not in manifest["arrays"]:
+    ranges = manifest.split.ranges
+    if "train" not in ranges or role not in manifest.arrays:
         return None
-    shift = int(manifest["split"].get("shift_trs", manifest.get("shift_trs", 0)))
+    shift = manifest.split.shift_trs
     start, stop = ranges["train"]
-    return np.load(manifest["arrays"][role]["path"], mmap_mode="r"), start + shift, stop + shift
+    return np.load(manifest.arrays[role].path, mmap_mode="r"), start + shift, stop + shift
 
 
-def _train_mean_frame(manifest: dict) -> np.ndarray | None:
+def _train_mean_frame(manifest: Manifest) -> np.ndarray | None:
     """Mean (in [0, 1]) of the training block's frames (its targets' TRs; the decoded TRs lie a few TRs earlier,
     which moves a mean over hundreds of TRs negligibly)."""
     block = _training_block(manifest, "frames")
@@ -198,21 +187,21 @@ def _train_mean_frame(manifest: dict) -> np.ndarray | None:
     return total / (stop - start) / 255.0
 
 
-def _train_codes(manifest: dict) -> np.ndarray | None:
+def _train_codes(manifest: Manifest) -> np.ndarray | None:
     """The training block's EnCodec codes (its targets' TRs, like :func:`_train_mean_frame`), or None."""
     block = _training_block(manifest, "audio_codes")
     return None if block is None else np.asarray(block[0][block[1]:block[2]])
 
 
-def model_decoding_identification(predictions, manifest: dict) -> dict:
+def model_decoding_identification(predictions, manifest: Manifest) -> dict:
     """Per modality, how well the decoders' output identifies the test TR's stimulus
     (giblet.evaluate.decoding_identification; the ridge decoder in ridge.json is scored alike)."""
-    codebook = manifest.get("modalities", {}).get("audio", {}).get("codebook_size")
+    codebook = manifest.modalities["audio"]["codebook_size"] if "audio" in manifest.modalities else None
     true = stimulus_descriptors(predictions.stimulus, codebook)
     return identification_scores(decoded_descriptors(predictions.decoded, predictions.stimulus.get("text_mask")), true)
 
 
-def decoding_metrics(decoded: dict, stimulus: dict, manifest: dict) -> dict:
+def decoding_metrics(decoded: dict, stimulus: dict, manifest: Manifest) -> dict:
     """Brain -> stimulus scores per enabled modality (see giblet.evaluate.decoding_metrics)."""
     out = {}
     if "frames" in decoded and "frames" in stimulus:
@@ -257,7 +246,7 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out_dir: str | P
     """
     model_path, manifest_path, out_dir = Path(model_path), Path(manifest_path), Path(out_dir)
     model, saved, manifest, test_range = load_checked(model_path, manifest_path, device)
-    mask_path = Path(manifest["arrays"]["mask"]["path"])
+    mask_path = Path(manifest.arrays["mask"].path)
     if not mask_path.exists():
         raise InputError(mask_path, "the manifest's brain mask is missing: rerun the fMRI stages")
     ceiling, ceiling_source, ceiling_path = load_ceiling(manifest)
@@ -266,13 +255,13 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out_dir: str | P
     n_test = len(predictions.targets)
     reliable = M.reliable_voxels(ceiling, reliable_threshold) if ceiling is not None else None
     fmri = M.fmri_metrics(predictions.fmri_pred, predictions.fmri_true, ceiling, reliable, n_null=n_null, seed=seed,
-                          min_shift=int(manifest["lag_trs"]))
+                          min_shift=int(manifest.lag_trs))
     r = M.pearson_columns(predictions.fmri_pred, predictions.fmri_true)
     oracle = oracle_metrics(manifest, ceiling, reliable, fmri)
     manifest_sha256 = sha256_file(manifest_path)
     results = {
         "format": METRICS_FORMAT,
-        "split": SPLIT, "test_range": list(test_range), "n_test": n_test, "tr": manifest.get("tr"),
+        "split": SPLIT, "test_range": list(test_range), "n_test": n_test, "tr": manifest.tr,
         "model": {"path": str(model_path), "sha256": sha256_file(model_path),
                   "config_hash": saved.get("config_hash"), "steps": saved.get("steps"), "epochs": saved.get("epochs"),
                   "weights": saved.get("weights"), "best_val_loss": saved.get("best_val_loss"),
@@ -308,21 +297,3 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out_dir: str | P
              fmri["identification"]["top1"], fmri["identification"]["chance_top1"],
              null["p_value"] if null else None, out_dir)
     return results
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model")
-    parser.add_argument("manifest")
-    parser.add_argument("out_dir")
-    parser.add_argument("--device", default="cpu")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    evaluate(args.model, args.manifest, args.out_dir, device=args.device)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

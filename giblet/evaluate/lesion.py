@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from giblet.data.manifest import Manifest
 from giblet.errors import InputError
 from giblet.evaluate.decoding_metrics import code_metrics, frame_metrics, text_metrics
 from giblet.evaluate.evaluate import load_checked
@@ -50,32 +51,32 @@ PLOTTED = ("frames_r", "codes_accuracy", "text_cosine")  # one panel each, all "
 # Regions
 
 
-def regions_from_truth(manifest: dict, manifest_path: str | Path) -> dict[str, np.ndarray]:
+def regions_from_truth(manifest: Manifest, manifest_path: str | Path) -> dict[str, np.ndarray]:
     """{name: bool (V,)} from the demo's truth.npz, without the ``null`` region."""
-    entry = manifest["arrays"].get("truth")
+    entry = manifest.arrays.get("truth")
     if entry is None:
         raise InputError(manifest_path, "has no 'truth' array (only the demo has one): give the regions as "
                                         "{name: mask.nii.gz} on the grid of the manifest's mask")
-    path = Path(entry["path"])
+    path = entry.path
     try:
         with np.load(path) as truth:
             region, names = np.asarray(truth["region"]), truth["region_names"].astype(str)
     except Exception as error:
         raise InputError(path, f"cannot read the region labels ({type(error).__name__}: {error})") from None
-    if region.shape != (manifest["n_voxels"],) or region.min() < 0 or region.max() >= len(names):
+    if region.shape != (manifest.n_voxels,) or region.min() < 0 or region.max() >= len(names):
         raise InputError(path, f"region labels {region.shape} do not index {len(names)} region names for "
-                               f"{manifest['n_voxels']} voxels")
+                               f"{manifest.n_voxels} voxels")
     return {str(name): region == i for i, name in enumerate(names) if name != "null" and (region == i).any()}
 
 
-def regions_from_masks(manifest: dict, regions: dict[str, str | Path]) -> dict[str, np.ndarray]:
+def regions_from_masks(manifest: Manifest, regions: dict[str, str | Path]) -> dict[str, np.ndarray]:
     """{name: bool (V,)} from NIfTI masks on the manifest mask's grid (InputError naming a file that is not)."""
-    mask_path = Path(manifest["arrays"]["mask"]["path"])
+    mask_path = manifest.arrays["mask"].path
     if not mask_path.is_file():
         raise InputError(mask_path, "the dataset's fMRI mask is missing")
     mask, mask_image = load_mask(mask_path)
-    if int(mask.sum()) != manifest["n_voxels"]:
-        raise InputError(mask_path, f"holds {int(mask.sum())} voxels, the manifest {manifest['n_voxels']}")
+    if int(mask.sum()) != manifest.n_voxels:
+        raise InputError(mask_path, f"holds {int(mask.sum())} voxels, the manifest {manifest.n_voxels}")
     out = {}
     for name, path in regions.items():
         path = Path(path)
@@ -208,7 +209,7 @@ def lesion(model_path: str | Path, manifest_path: str | Path, out_json: str | Pa
         raise ValueError("n_controls must be at least 1")
     out_json, out_png, device = Path(out_json), Path(out_png), resolve_device(device)
     model, _, manifest, _ = load_checked(model_path, manifest_path, device)
-    if regions is None and "truth" not in manifest["arrays"] and not regions_required:
+    if regions is None and "truth" not in manifest.arrays and not regions_required:
         log.warning("no lesion regions (set evaluate.lesion_regions to {name: mask.nii.gz}): only the intact "
                     "decoding is reported")
         masks, source = {}, None
@@ -218,7 +219,7 @@ def lesion(model_path: str | Path, manifest_path: str | Path, out_json: str | Pa
         masks, source = regions_from_masks(manifest, regions), {k: str(v) for k, v in regions.items()}
     # The true stimulus at the TR the decoders reconstruct (model.decode_index), and the intact decoding.
     pred = predict(model, manifest, "test", batch_size=batch_size, device=device)
-    n_voxels = manifest["n_voxels"]
+    n_voxels = manifest.n_voxels
     rng = np.random.default_rng(seed)
 
     intact = scores(pred.decoded, pred.stimulus)

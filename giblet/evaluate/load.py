@@ -1,38 +1,19 @@
-"""Load a trained ``model.pt`` and run it over one split block (what every evaluation stage starts from)."""
+"""Run a trained model over one split block (what every evaluation stage starts from).
+
+``model.pt`` itself is read by :mod:`giblet.model.model_file`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from giblet.data.batch import collate
+from giblet.data.manifest import Manifest
 from giblet.data.samples import WindowDataset
-from giblet.errors import InputError
 from giblet.model import BrainAutoencoder
-
-MODEL_FORMAT = "giblet.model/1"
-
-
-def load_model(path: str | Path, device: str = "cpu") -> tuple[BrainAutoencoder, dict]:
-    """``model.pt`` -> (model in eval mode, the saved dict without ``state_dict``).
-
-    Raises InputError naming the file when it is missing, unreadable or not a giblet model.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, "no such model file: run the train stage first")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated or corrupt file, or not a torch file at all
-        raise InputError(path, f"cannot be read as a model file ({type(error).__name__}: {error})") from error
-    if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
-        raise InputError(path, f"is not a giblet model (expected format {MODEL_FORMAT!r})")
-    model = BrainAutoencoder.from_config(saved["model_config"])
-    model.load_state_dict(saved["state_dict"])
-    model.to(device).eval()
-    return model, {k: v for k, v in saved.items() if k != "state_dict"}
 
 
 @dataclass
@@ -55,11 +36,9 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict(model: BrainAutoencoder, manifest: dict, split: str, batch_size: int = 32, device: str = "cpu",
+def predict(model: BrainAutoencoder, manifest: Manifest, split: str, batch_size: int = 32, device: str = "cpu",
             decode: bool = True) -> Predictions:
     """Run ``model`` over every sample of ``split`` (``decode=False`` skips the decoder half)."""
-    from giblet.train.loop import collate
-
     dataset = WindowDataset(manifest, split)
     pred, true, decoded, stimulus = [], [], {}, {}
     for start in range(0, len(dataset), batch_size):

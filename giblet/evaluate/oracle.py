@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from giblet.data.manifest import Manifest
 from giblet.evaluate.ridge import DEFAULT_ALPHAS, ridge_cv_predict
-from giblet.splits import Split, blocked_cv
+from giblet.splits import blocked_cv
 
 DESIGN_PREFIX = "design_"
 
@@ -27,7 +28,7 @@ def true_regressors(truth_path) -> np.ndarray | None:
         return np.concatenate([np.asarray(truth[n], np.float32) for n in names], axis=1)
 
 
-def oracle_predict(manifest: dict, fmri: np.ndarray, fit_blocks=("train", "val"), test_block: str = "test",
+def oracle_predict(manifest: Manifest, fmri: np.ndarray, fit_blocks=("train", "val"), test_block: str = "test",
                    alphas=DEFAULT_ALPHAS, n_folds: int = 5) -> tuple[np.ndarray, np.ndarray] | None:
     """Test-block predictions of ridge on the true regressors: ``(pred (N, V), true (N, V))`` float32.
 
@@ -36,16 +37,16 @@ def oracle_predict(manifest: dict, fmri: np.ndarray, fit_blocks=("train", "val")
     time-blocked CV over the fit blocks (purged by ``lag_trs``, as the baseline's). None when the
     manifest has no truth file or the truth has no regressors (real data).
     """
-    if "truth" not in manifest["arrays"]:
+    if "truth" not in manifest.arrays:
         return None
-    X = true_regressors(manifest["arrays"]["truth"]["path"])
+    X = true_regressors(manifest.arrays["truth"].path)
     if X is None:
         return None
-    split = Split.from_dict(manifest["split"])
+    split = manifest.split
     fit = np.concatenate([np.asarray(split.targets(b)) for b in fit_blocks if b in split.ranges])
     test = np.asarray(split.targets(test_block))
     if max(fit.max(), test.max()) >= len(X):
-        raise ValueError(f"{manifest['arrays']['truth']['path']}: {len(X)} TRs of regressors, the split needs "
+        raise ValueError(f"{manifest.arrays['truth'].path}: {len(X)} TRs of regressors, the split needs "
                          f"{max(fit.max(), test.max()) + 1}")
     mean, sd = X[fit].mean(axis=0), X[fit].std(axis=0)
     X = (X - mean) / np.where(sd > 0, sd, 1.0)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from giblet.data.manifest import Manifest
 from giblet.errors import InputError
 from giblet.evaluate import metrics as M
 from giblet.evaluate.decoding_metrics import code_metrics, frame_metrics, text_metrics, unit_rows
@@ -86,11 +87,11 @@ def _plot_video(frames, true, picks, stim_trs, tr: float, metrics: dict, note: s
 # Audio
 
 
-def _decode_wavs(manifest: dict, true_codes: np.ndarray, decoded_codes: np.ndarray, device: str):
+def _decode_wavs(manifest: Manifest, true_codes: np.ndarray, decoded_codes: np.ndarray, device: str):
     """(wav from decoded codes, wav from true codes, weights id) or (None, None, reason)."""
     from giblet.stimulus.audio import decode, encodec_from_sidecar
 
-    codes_npy = Path(manifest["arrays"]["audio_codes"]["path"])
+    codes_npy = manifest.arrays["audio_codes"].path
     try:
         model, weights_id = encodec_from_sidecar(codes_npy, device)
     except Exception as error:  # any failure to rebuild the weights: no wav, but the figures still come
@@ -149,11 +150,11 @@ def _plot_audio(true_codes, decoded_codes, wav, wav_true, sample_rate: int, firs
 # Text
 
 
-def text_library(manifest: dict) -> tuple[Path, dict]:
+def text_library(manifest: Manifest) -> tuple[Path, dict]:
     """The annotation library next to the manifest's text array (``text_annotations.npz``)."""
     from giblet.stimulus.text import output_paths
 
-    path = output_paths(manifest["arrays"]["text"]["path"])["annotations"]
+    path = output_paths(manifest.arrays["text"].path)["annotations"]
     if not path.is_file():
         raise InputError(path, "text annotation library not found (the embed_text stage writes it next to text.npy)")
     try:
@@ -223,11 +224,11 @@ def _plot_text(decoded, mask, library: dict, picks, stim_trs, tr: float, metrics
 # fMRI
 
 
-def _region_labels(manifest: dict) -> np.ndarray | None:
-    entry = manifest["arrays"].get("truth")
-    if entry is None or not Path(entry["path"]).is_file():
+def _region_labels(manifest: Manifest) -> np.ndarray | None:
+    entry = manifest.arrays.get("truth")
+    if entry is None or not entry.path.is_file():
         return None
-    with np.load(entry["path"]) as truth:
+    with np.load(entry.path) as truth:
         if "region" not in truth.files or "region_names" not in truth.files:
             return None
         return truth["region_names"].astype(str)[truth["region"]]
@@ -316,7 +317,7 @@ def plot_reconstructions(model_path: str | Path, manifest_path: str | Path, out_
         raise ValueError("n_examples and audio_trs must be at least 1")
     out_dir, device = Path(out_dir), resolve_device(device)
     model, _, manifest, _ = load_checked(model_path, manifest_path, device)
-    tr, shift = float(manifest["tr"]), int(manifest["split"].get("shift_trs", 0))
+    tr, shift = manifest.tr, manifest.split.shift_trs
     pred = predict(model, manifest, "test", batch_size=batch_size, device=device)  # .stimulus: at decode_index
     n, decoded, stimulus = len(pred.targets), pred.decoded, pred.stimulus
     stim_trs = pred.targets + shift + 1 + model.decode_index  # the stimulus TR of pred.stimulus (window stop + index)
@@ -374,7 +375,7 @@ def plot_reconstructions(model_path: str | Path, manifest_path: str | Path, out_
             result["files"].append("text.png")
 
         ceiling, source, _ = load_ceiling(manifest)
-        reliable = np.ones(manifest["n_voxels"], bool) if ceiling is None else M.reliable_voxels(ceiling, reliable_ceiling)
+        reliable = np.ones(manifest.n_voxels, bool) if ceiling is None else M.reliable_voxels(ceiling, reliable_ceiling)
         reliable_note = "no noise ceiling: all voxels" if ceiling is None else f"{source} ceiling >= {reliable_ceiling:g}"
         r, metrics = _fmri_summary(pred, reliable)
         _plot_fmri(pred, r, reliable, reliable_note, _region_labels(manifest), tr, metrics, tmp / "fmri.png")

@@ -2,7 +2,7 @@
 
 The baseline sees exactly what the model sees, and is scored with the model's own metric:
 
-- the same manifest arrays, the same split (``manifest["split"]``) and, for each target fMRI TR
+- the same manifest arrays, the same split (``manifest.split``) and, for each target fMRI TR
   ``t``, the same causal window of stimulus TRs ``split.window(t)`` (see giblet.splits);
 - per-voxel Pearson r on the test block from ``giblet.model.pearson_per_voxel``.
 
@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from giblet.evaluate.ridge_features import as_manifest, lagged, stimulus_features, window_trs
-from giblet.splits import Split, blocked_cv
+from giblet.data.manifest import as_manifest
+from giblet.evaluate.ridge_features import lagged, stimulus_features, window_trs
+from giblet.splits import blocked_cv
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ def fit_ridge(manifest, alphas=DEFAULT_ALPHAS, fit_blocks=("train", "val"), test
     """
     t0 = time.perf_counter()
     manifest = as_manifest(manifest)
-    split = Split.from_dict(manifest["split"])
+    split = manifest.split
     if test_block not in split.ranges:
         raise KeyError(f"split '{test_block}' is not in the manifest (has {sorted(split.ranges)})")
     fit_blocks = tuple(b for b in fit_blocks if b in split.ranges and b != test_block)
@@ -199,7 +200,7 @@ def fit_ridge(manifest, alphas=DEFAULT_ALPHAS, fit_blocks=("train", "val"), test
     X, feature_info = stimulus_features(manifest, fit_trs, n_components, modalities, frame_grid, max_code_bins)
     t_features = time.perf_counter()
     X_fit, X_test = lagged(X, split, fit_targets), lagged(X, split, test_targets)
-    fmri = np.load(manifest["arrays"]["fmri"]["path"], mmap_mode="r")
+    fmri = np.load(manifest.arrays["fmri"].path, mmap_mode="r")
     Y_fit = np.asarray(fmri[fit_targets], np.float32)
     Y_test = np.asarray(fmri[test_targets], np.float32)
     gap = split.lag_trs if gap is None else gap
@@ -239,9 +240,9 @@ def write_ridge_baseline(manifest_path, out_json, reliable_threshold: float = 0.
     ceiling, source, _ = load_ceiling(manifest)
     reliable = M.reliable_voxels(ceiling, reliable_threshold) if ceiling is not None else None
     scores = M.fmri_metrics(result.pred_test, result.true_test, ceiling, reliable, n_null=n_null, seed=seed,
-                            min_shift=int(manifest["lag_trs"]))
+                            min_shift=int(manifest.lag_trs))
     alphas = result.best_alphas
-    fmri = np.load(manifest["arrays"]["fmri"]["path"], mmap_mode="r")
+    fmri = np.load(manifest.arrays["fmri"].path, mmap_mode="r")
     out = {"format": "giblet.ridge/1", "manifest": str(manifest_path), "split": result.info["test_block"],
            "n_test": len(result.targets_test), "ceiling": source, "fmri": scores,
            "by_region": by_region(manifest, result.r(), ceiling),

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from giblet.data.assemble import load_manifest
+from giblet.data.manifest import as_manifest
 from giblet.splits import Split
 
 DEFAULT_COMPONENTS = {"frames": 32, "audio": 32, "text": 32}
@@ -33,11 +33,6 @@ def window_trs(split: Split, blocks=("train",)) -> np.ndarray:
     """Sorted unique stimulus TRs that appear in the window of any target of ``blocks``."""
     trs = [np.arange(*split.window(t)) for name in blocks for t in split.targets(name)]
     return np.unique(np.concatenate(trs)) if trs else np.zeros(0, np.int64)
-
-
-def as_manifest(manifest) -> dict:
-    """``manifest``: a manifest dict (returned as is) or the path of one (loaded)."""
-    return manifest if isinstance(manifest, dict) else load_manifest(manifest)
 
 
 def _grid_edges(n: int, bins: int) -> np.ndarray:
@@ -141,7 +136,7 @@ def stimulus_features(manifest, fit_trs, n_components: int | dict = None, modali
                       max_code_bins: int = 1024) -> tuple[np.ndarray, dict]:
     """Per-stimulus-TR features ``X (T, p) float32`` and ``info``; every fitted statistic uses ``fit_trs`` only.
 
-    ``manifest``: a manifest dict or path (array paths resolve from the current directory).
+    ``manifest``: a :class:`~giblet.data.manifest.Manifest` or its path (array paths resolve from the current directory).
     ``fit_trs``: stimulus TR indices the PCA bases and the standardization are fitted on — pass
     ``window_trs(split, fit_blocks)`` so no test stimulus is seen. ``T`` is the common length of the
     stimulus arrays used. ``modalities``: subset of ``("frames", "audio", "text")``; default every
@@ -165,7 +160,7 @@ def stimulus_features(manifest, fit_trs, n_components: int | dict = None, modali
     ``explained_variance`` (fraction of fit-row variance kept, per modality), ``n_trs``, ``n_fit_trs``.
     """
     manifest = as_manifest(manifest)
-    arrays, spec = manifest["arrays"], manifest.get("modalities", {})
+    arrays, spec = manifest.arrays, manifest.modalities
     present = [m for m in MODALITIES if all(role in arrays for role in ROLES[m][:1])]
     if modalities is None:
         modalities = present
@@ -177,7 +172,7 @@ def stimulus_features(manifest, fit_trs, n_components: int | dict = None, modali
     else:
         n_components = {m: int(n_components) for m in MODALITIES}
 
-    load = {role: np.load(arrays[role]["path"], mmap_mode="r") for m in modalities for role in ROLES[m]
+    load = {role: np.load(arrays[role].path, mmap_mode="r") for m in modalities for role in ROLES[m]
             if role in arrays}
     n_trs = min(a.shape[0] for a in load.values())
     fit_trs = np.unique(np.asarray(fit_trs, dtype=np.int64))

@@ -43,9 +43,11 @@ from pathlib import Path
 
 import torch
 
+from giblet.data.manifest import Manifest, read_manifest
 from giblet.errors import InputError
-from giblet.evaluate.weights import read_checkpoint_file, read_model_file, trained_steps
+from giblet.evaluate.weights import read_checkpoint_file, trained_steps
 from giblet.files import jsonable, sha256_file, write_json
+from giblet.model.model_file import MODEL_FORMAT, read_model_file
 
 SPLIT_ORDER = ("val", "test", "train")  # the split the forward-pass sample comes from (first present)
 
@@ -83,7 +85,8 @@ def _check_provenance(model_path: Path, saved: dict, state_dict: dict) -> tuple[
                 "detail": f"no {index_path}: only model.pt's own sha256 identifies the weights"}, None
     try:
         index = json.loads(index_path.read_text())
-        assert isinstance(index, dict)
+        if not isinstance(index, dict):
+            raise ValueError(f"a JSON {type(index).__name__}, not an object")
     except Exception as error:  # noqa: BLE001
         return {"ok": False, "detail": f"{index_path} unreadable ({error})"}, f"{index_path} cannot be read"
     if index.get("config_hash") != saved.get("config_hash"):
@@ -128,12 +131,12 @@ def _check_provenance(model_path: Path, saved: dict, state_dict: dict) -> tuple[
     return {"ok": False, "detail": why}, why
 
 
-def _forward(model, manifest: dict) -> dict:
+def _forward(model, manifest: Manifest) -> dict:
     """Run the first sample of the first present split; returns the check record."""
+    from giblet.data.batch import collate
     from giblet.data.samples import WindowDataset
-    from giblet.train.loop import collate
 
-    ranges = manifest.get("split", {}).get("ranges", {})
+    ranges = manifest.split.ranges
     split = next((s for s in SPLIT_ORDER if s in ranges), None)
     if split is None:
         return {"ok": False, "detail": "the manifest has no split to take a sample from"}
@@ -147,11 +150,11 @@ def _forward(model, manifest: dict) -> dict:
     bad = [f"{k} ({int((~torch.isfinite(v.float())).sum())} non-finite of {v.numel()})"
            for k, v in out.items() if not bool(torch.isfinite(v.float()).all())]
     record = {"split": split, "target_tr": int(dataset.targets[0]), "output_shapes": shapes}
-    if tuple(out["fmri"].shape) != (1, manifest["n_voxels"]):
+    if tuple(out["fmri"].shape) != (1, manifest.n_voxels):
         return {**record, "ok": False,
-                "detail": f"fMRI prediction shape {shapes['fmri']} != [1, {manifest['n_voxels']}]"}
+                "detail": f"fMRI prediction shape {shapes['fmri']} != [1, {manifest.n_voxels}]"}
     expected = {"frames": "frames", "audio": "code_logits", "text": "text"}
-    absent = [expected[m] for m in manifest["modalities"] if expected[m] not in out]
+    absent = [expected[m] for m in manifest.modalities if expected[m] not in out]
     if absent:
         return {**record, "ok": False, "detail": f"no decoder output for {', '.join(absent)}"}
     if bad:
@@ -181,15 +184,12 @@ def verify_checkpoint(model_path: str | Path, manifest_path: str | Path, out_jso
         _fail(out_json, error)
     model_sha256 = sha256_file(model_path)
     check("load", True, "torch.load(weights_only=True) read it", sha256=model_sha256)
-    check("format", True, f"format {saved['format']!r} with model_config and state_dict")
-    if not manifest_path.is_file():
-        _fail(out_json, InputError(manifest_path, "no such manifest: run the dataset stage first"))
-    manifest_sha256 = sha256_file(manifest_path)
+    check("format", True, f"format {MODEL_FORMAT!r} with model_config and state_dict")
     try:
-        manifest = json.loads(manifest_path.read_text())
-        assert isinstance(manifest, dict)
-    except Exception as error:  # noqa: BLE001
-        _fail(out_json, InputError(manifest_path, f"cannot be read as a JSON manifest ({error})"))
+        manifest = read_manifest(manifest_path)
+    except InputError as error:
+        _fail(out_json, error)
+    manifest_sha256 = sha256_file(manifest_path)
     recorded = saved.get("manifest_sha256")
     check("manifest_sha256", recorded == manifest_sha256,
           f"model.pt was trained on manifest sha256 {_short(recorded)}" + (
@@ -200,7 +200,7 @@ def verify_checkpoint(model_path: str | Path, manifest_path: str | Path, out_jso
 
     config = saved["model_config"]
     for key in ("n_voxels", "lag_trs", "modalities"):
-        have, want = config.get(key), manifest.get(key)
+        have, want = config.get(key), getattr(manifest, key)
         shown = sorted(have) if key == "modalities" and have == want else have
         check(key, have == want, f"model {shown!r}" + (" = manifest" if have == want else f" != manifest {want!r}"))
     config_ok = all(checks[k]["ok"] for k in ("n_voxels", "lag_trs", "modalities"))

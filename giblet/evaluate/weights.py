@@ -16,48 +16,27 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from giblet.errors import InputError
-from giblet.evaluate.load import MODEL_FORMAT
 from giblet.evaluate.optimizer_state import check_optimizer
 from giblet.evaluate.tensor_health import THRESHOLDS, check_state_dict
 from giblet.files import jsonable, sha256_file
+from giblet.model.model_file import load_weights_only, read_model_file
 
 HISTOGRAM_PANELS = 12  # histograms drawn in weights.png: flagged tensors first, then the largest
 
 
 # -- reading files ------------------------------------------------------------------------------------
 
-def read_model_file(path: str | Path) -> dict:
-    """``model.pt`` loaded with ``torch.load(weights_only=True)``; InputError naming the file when it is
-    missing, unreadable (truncated, corrupt, not a torch file) or not a giblet model."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such model file: run the train stage first")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - truncated, corrupt, or not a torch file at all
-        raise InputError(path, f"cannot be read as a model file ({type(error).__name__}: {error})") from error
-    if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
-        raise InputError(path, f"is not a giblet model (expected format {MODEL_FORMAT!r})")
-    missing = [k for k in ("model_config", "state_dict") if not isinstance(saved.get(k), dict)]
-    if missing:
-        raise InputError(path, f"giblet model without {', '.join(missing)}")
-    return saved
-
-
 def read_checkpoint_file(path: str | Path) -> dict:
-    """A training checkpoint, loaded with ``weights_only=True`` (numpy arrays allowed: the RNG states)."""
+    """A training checkpoint, loaded weights-only (:func:`giblet.model.model_file.load_weights_only`);
+    InputError naming the file when it is missing, unreadable or holds no ``model`` state."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "no such checkpoint file")
-    core = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1
-    safe = [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
     try:
-        with torch.serialization.safe_globals(safe):
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights_only(path)
     except Exception as error:  # noqa: BLE001
         raise InputError(path, f"cannot be read as a checkpoint ({type(error).__name__}: {error})") from error
     if not isinstance(state, dict) or "model" not in state:
@@ -160,4 +139,4 @@ def examine_weights(model_path: str | Path, out_json: str | Path, out_png: str |
     return report
 
 
-__all__ = ["examine_weights", "read_model_file", "read_checkpoint_file", "fresh_reference", "trained_steps"]
+__all__ = ["examine_weights", "read_checkpoint_file", "fresh_reference", "trained_steps"]

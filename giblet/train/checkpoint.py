@@ -39,8 +39,9 @@ sampler cursor) to rank 0 and passes it as ``state["rank_states"]`` (a list inde
 ``load_latest`` returns the full state on every rank and each rank takes ``state["rank_states"][rank]``.
 Rank 0 should broadcast its :meth:`should_save` decision, since time-based decisions may differ.
 
-Throughput: :func:`benchmark_save` times ``save`` against a plain ``torch.save`` of the same state
-(with and without fsync).
+Files are read with :func:`load_checkpoint` (``torch.load(weights_only=True)``: unpickling a
+checkpoint runs no code). ``benchmarks/training_speed.py`` times ``save`` against a plain
+``torch.save`` of the same state.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from pathlib import Path
 import torch
 
 from giblet.files import _fsync_dir, sha256_file, write_json
+from giblet.model.model_file import load_weights_only
 from giblet.train.durable_write import HashingWriter, link_atomically
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,27 @@ SLACK_BYTES = 1 << 20  # added to the tensor bytes when estimating a checkpoint'
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be written (e.g. not enough free disk); nothing was changed."""
+
+
+class Rejected(Exception):
+    """A candidate checkpoint that cannot be resumed from: ``reason`` says why.
+
+    ``config_hash`` is set when the file is a valid checkpoint of another configuration (the
+    caller moves such a directory aside instead of resuming from it).
+    """
+
+    def __init__(self, reason: str, config_hash: str | None = None):
+        super().__init__(reason)
+        self.reason, self.config_hash = reason, config_hash
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """The state saved in checkpoint ``path``, on the CPU, read weights-only.
+
+    Tensors, containers, numbers, strings and the numpy arrays of the RNG states only
+    (:func:`giblet.model.model_file.load_weights_only`); anything else in the file raises.
+    """
+    return load_weights_only(path)
 
 
 def _tensor_bytes(obj, seen: set) -> int:
@@ -247,11 +270,12 @@ class CheckpointManager:
             return sorted(names, reverse=True)
         return [LATEST, BACKUP, *newest_first("rolling", "step-*.pt"), *newest_first("epoch", "epoch-*.pt")]
 
-    def _check(self, name: str, index: dict) -> tuple[dict | None, str]:
-        """Load and verify one candidate; returns (state, "") or (None, why it was rejected)."""
+    def _check(self, name: str, index: dict) -> dict | None:
+        """Load and verify one candidate: its state, None when the file does not exist, or
+        :class:`Rejected` raised with the reason."""
         path, entry = self.directory / name, index["files"].get(name)
         if not path.is_file():
-            return None, "missing"
+            return None
         size = path.stat().st_size
         if entry is not None:                    # any recorded digest will do (see the write order)
             known = {e["sha256"] for e in index["files"].values()}
@@ -259,18 +283,19 @@ class CheckpointManager:
                 known.add(index["pending"]["sha256"])
             if sha256_file(path) not in known:
                 if size < entry["bytes"]:
-                    return None, f"truncated: {size} of {entry['bytes']} bytes"
-                return None, "checksum mismatch: its sha256 is not one the index recorded"
+                    raise Rejected(f"truncated: {size} of {entry['bytes']} bytes")
+                raise Rejected("checksum mismatch: its sha256 is not one the index recorded")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = load_checkpoint(path)
         except Exception as exc:  # noqa: BLE001 - any failure to unpickle rejects the file
-            return None, f"truncated: cannot be read ({type(exc).__name__}: {exc})"
+            raise Rejected(f"truncated: cannot be read ({type(exc).__name__}: {exc})") from None
         if not isinstance(state, dict) or "config_hash" not in state:
-            return None, "not a checkpoint (no config_hash)"
+            raise Rejected("not a checkpoint (no config_hash)")
         if state["config_hash"] != self.config_hash:
-            return None, f"config hash differs: {state['config_hash']} != {self.config_hash}"
+            raise Rejected(f"config hash differs: {state['config_hash']} != {self.config_hash}",
+                           config_hash=str(state["config_hash"]))
         self._last_size = size
-        return state, ""
+        return state
 
     def load_latest(self) -> dict | None:
         """The newest valid checkpoint of this configuration, or None for a fresh start.
@@ -283,12 +308,14 @@ class CheckpointManager:
             return None                          # another configuration (rank 0 moved it aside)
         stale_hashes = []
         for name in self._candidates(index):
-            state, why = self._check(name, index)
-            if state is None:
-                if why != "missing":
-                    log.warning("checkpoint %s rejected: %s", self.directory / name, why)
-                if why.startswith("config hash differs"):
-                    stale_hashes.append(why.split()[3])
+            try:
+                state = self._check(name, index)
+            except Rejected as rejected:
+                log.warning("checkpoint %s rejected: %s", self.directory / name, rejected.reason)
+                if rejected.config_hash is not None:
+                    stale_hashes.append(rejected.config_hash)
+                continue
+            if state is None:                    # no such file
                 continue
             if isinstance(state.get("model"), dict):
                 torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state["model"], "module.")
@@ -324,26 +351,3 @@ class CheckpointManager:
         self._pinned = set(holders)
         index["resumed_from"] = name
         self._write_index(index)
-
-
-def benchmark_save(directory: Path, state: dict, repeats: int = 3) -> dict:
-    """Seconds of :meth:`CheckpointManager.save` vs plain ``torch.save`` (with and without fsync) of
-    ``state`` in ``directory``; best of ``repeats``. ``ratio`` = torch.save time / save time."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    manager = CheckpointManager(directory / "ckpt", "benchmark", every_minutes=None)
-    plain, synced, managed = [], [], []
-    for i in range(repeats):
-        t = time.perf_counter()
-        torch.save(state, directory / "plain.pt")
-        plain.append(time.perf_counter() - t)
-        with open(directory / "plain.pt", "rb") as f:
-            os.fsync(f.fileno())
-        synced.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        manager.save(state, step=i + 1, epoch=0)
-        managed.append(time.perf_counter() - t)
-    out = {"torch_save_s": min(plain), "torch_save_fsync_s": min(synced), "save_s": min(managed)}
-    out["ratio"] = out["torch_save_s"] / out["save_s"]
-    out["ratio_vs_fsync"] = out["torch_save_fsync_s"] / out["save_s"]
-    return out

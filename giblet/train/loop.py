@@ -25,17 +25,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import default_collate
 
+from giblet.data.batch import collate
+from giblet.data.manifest import Manifest, read_manifest
 from giblet.data.samples import WindowDataset
 from giblet.devices import resolve_device
 from giblet.files import sha256_file, source_hash, write_json
 from giblet.logs import progress as progress_bar
 from giblet.model import BrainAutoencoder, losses
-from giblet.splits import Split
+from giblet.model.model_file import write_model_file
 from giblet.train import distributed as dist
 from giblet.train.bottleneck import fix_principal_components
-from giblet.train.checkpoint import CheckpointManager
+from giblet.train.checkpoint import CheckpointManager, load_checkpoint
 from giblet.train.monitor import Monitor
 from giblet.train.params import learning_params
 from giblet.train.readout import fit_ridge_readout
@@ -48,7 +49,7 @@ EXIT_RESUME = 75
 # History entries that measure the machine, not the training (they differ between identical runs).
 TIMING_KEYS = ("samples_per_s", "step_time_s")
 # The package code a training run depends on (also the train rule's `code` param).
-TRAINING_CODE = ("model", "train", "data/samples.py", "splits.py")
+TRAINING_CODE = ("model", "train", "data/samples.py", "data/batch.py", "data/manifest.py", "splits.py")
 # What early stopping and model.pt's choice of weights minimize: 1 - the validation block's mean
 # per-voxel r over time on the reliable voxels (what the evaluation scores), not ``val/total``, whose
 # decoder terms (which never touch the encoder) can fall while the brain prediction gets worse.
@@ -58,12 +59,12 @@ SELECTION_KEY = "val/selection"
 RELIABLE_CEILING = 0.3
 
 
-def reliable_voxel_mask(manifest: dict) -> torch.Tensor:
+def reliable_voxel_mask(manifest: Manifest) -> torch.Tensor:
     """(V,) bool: voxels with a training-block ISC ceiling >= RELIABLE_CEILING; every voxel when the
     manifest has no ceiling or none passes."""
-    n_voxels = int(manifest["n_voxels"])
-    if "ceiling" in manifest["arrays"]:
-        with np.load(manifest["arrays"]["ceiling"]["path"]) as ceiling:
+    n_voxels = int(manifest.n_voxels)
+    if "ceiling" in manifest.arrays:
+        with np.load(manifest.arrays["ceiling"].path) as ceiling:
             reliable = np.nan_to_num(np.asarray(ceiling["group"], np.float64)) >= RELIABLE_CEILING
         if reliable.shape == (n_voxels,) and reliable.any():
             return torch.from_numpy(reliable)
@@ -135,12 +136,6 @@ def make_optimizer(name: str, parameters, lr: float, weight_decay: float):
     raise ValueError(f"train.optimizer must be 'adamw' or 'adamw8bit', not {name!r}")
 
 
-def collate(dataset: WindowDataset, indices: list[int], device: str) -> dict:
-    batch = default_collate([dataset[i] for i in indices])
-    batch.pop("target")
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
 class Trainer:
     """One training run into ``out_dir`` (checkpoints/, history.jsonl, tensorboard/, model.pt)."""
 
@@ -154,14 +149,14 @@ class Trainer:
             torch.cuda.set_device(local_rank)
         dist.setup(device)
         self.manifest_path = Path(manifest_path)
-        self.manifest = json.loads(self.manifest_path.read_text())
+        self.manifest = read_manifest(self.manifest_path)
         self.manifest_sha256 = sha256_file(self.manifest_path)
         p = self.params
         torch.manual_seed(p["seed"])  # identical initial weights on every rank
-        self.model = BrainAutoencoder.from_manifest(self.manifest, p["preset"], dropout=p["dropout"],
+        self.model = BrainAutoencoder.from_manifest(self.manifest.to_dict(), p["preset"], dropout=p["dropout"],
                                                     gradient_checkpointing=p["gradient_checkpointing"])
-        fmri = np.load(self.manifest["arrays"]["fmri"]["path"], mmap_mode="r")
-        train_targets = list(Split.from_dict(self.manifest["split"]).targets("train"))
+        fmri = np.load(self.manifest.arrays["fmri"].path, mmap_mode="r")
+        train_targets = list(self.manifest.split.targets("train"))
         pca = fix_principal_components(self.model, np.asarray(fmri[train_targets]))
         log.info("decoder bottleneck: the training block's first %d principal components (%.0f%% of its "
                  "variance), fixed", pca["n_components"], 100 * pca["explained"])
@@ -178,7 +173,7 @@ class Trainer:
         random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
         hold = self.device if p["hold_on_device"] else None
         self.train_set = WindowDataset(self.manifest, "train", device=hold)
-        self.val_set = WindowDataset(self.manifest, "val", device=hold) if "val" in self.manifest["split"]["ranges"] else None
+        self.val_set = WindowDataset(self.manifest, "val", device=hold) if "val" in self.manifest.split.ranges else None
         self.reliable = reliable_voxel_mask(self.manifest).to(self.device)
         self.sampler = ResumableSampler(len(self.train_set), p["batch_size"], self.rank, self.world_size, p["seed"],
                                         contiguous=p["batch_order"] == "consecutive")
@@ -301,7 +296,7 @@ class Trainer:
         self.model.compose_fmri_layer()
         self.model.eval()
         order = list(range(self.rank, len(self.val_set), self.world_size))  # no padding: exact means
-        n_voxels = self.manifest["n_voxels"]
+        n_voxels = self.manifest.n_voxels
         totals, stats = None, torch.zeros(6, n_voxels, dtype=torch.float64, device=self.device)
         for start in range(0, len(order), self.params["batch_size"]):
             indices = order[start:start + self.params["batch_size"]]
@@ -383,7 +378,7 @@ class Trainer:
         without validation."""
         best = self.checkpoints.directory / "best.pt"
         if math.isfinite(self.early["best"]) and best.exists():
-            state = torch.load(best, map_location="cpu", weights_only=False)
+            state = load_checkpoint(best)
             if state["history"][-1].get(SELECTION_KEY) == self.early["best"]:  # saved right after that validation
                 return state["model"], {"weights": "best", "step": state["step"], "epoch": state["epoch"]}
             log.warning("%s does not hold the best validation score %.6g: model.pt gets the final weights",
@@ -395,7 +390,6 @@ class Trainer:
     def write_model(self) -> Path:
         """``model.pt``: the best weights plus everything needed to use them without the training state."""
         path = self.out / "model.pt"
-        tmp = self.out / ".model.pt.tmp"
         weights, chosen = self._best_weights()
         if self.params["readout"] == "ridge":
             self.model.load_state_dict(weights)
@@ -403,15 +397,14 @@ class Trainer:
             chosen["readout"] = fit_ridge_readout(self.model, blocks, collate, self.device, self.model.lag,
                                                   self.params["batch_size"])
             weights = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        torch.save({
-            "format": "giblet.model/1", "model_config": self.model.config(), "state_dict": weights,
-            "weights": chosen, "manifest": str(self.manifest_path), "manifest_sha256": self.manifest_sha256,
-            "mask": self.manifest["arrays"]["mask"], "affine": self.manifest["affine"],
-            "fmri_info": self.manifest["arrays"].get("fmri_info"), "train_params": self.params,
-            "config_hash": self.config_hash, "steps": self.step, "epochs": self.epoch,
-            "best_val_loss": self.early["best"], "giblet_version": __import__("giblet").__version__,
-        }, tmp)
-        os.replace(tmp, path)
+        fmri_info = self.manifest.arrays.get("fmri_info")
+        write_model_file(
+            path, self.model.config(), weights,
+            weights=chosen, manifest=str(self.manifest_path), manifest_sha256=self.manifest_sha256,
+            mask=self.manifest.arrays["mask"].to_dict(), affine=self.manifest.affine,
+            fmri_info=fmri_info.to_dict() if fmri_info is not None else None, train_params=self.params,
+            config_hash=self.config_hash, steps=self.step, epochs=self.epoch,
+            best_val_loss=self.early["best"], giblet_version=__import__("giblet").__version__)
         self._write_history()
         write_json(self.out / "train.json", {"steps": self.step, "epochs": self.epoch, "model_weights": chosen,
                                              "best_val_loss": self.early["best"], "config_hash": self.config_hash})

@@ -1,0 +1,115 @@
+"""``model.pt``, the trained model file: its one writer, its one reader, and its format constant.
+
+The train stage writes it (:func:`write_model_file`, called by ``giblet.train.loop.Trainer``); every
+evaluation stage reads it (:func:`read_model_file`, :func:`load_model`). The module lives in
+``giblet.model`` because the file is a :class:`~giblet.model.BrainAutoencoder` plus its provenance,
+and because both sides already depend on ``giblet.model`` while the evaluation stages must not
+import the training package (``giblet.train``).
+
+:func:`load_weights_only` is the one way giblet unpickles a torch file it wrote (``model.pt`` here,
+the training checkpoints in ``giblet.train.checkpoint`` and ``giblet.evaluate.weights``):
+``torch.load(weights_only=True)``, so no pickled code runs, with the few numpy types the
+checkpoints' RNG states need allowed.
+
+The file is a dict (``torch.save``):
+
+``format``
+    :data:`MODEL_FORMAT`; a reader refuses any other value.
+``model_config``
+    ``BrainAutoencoder.config()``: :meth:`~giblet.model.BrainAutoencoder.from_config` rebuilds the network.
+``state_dict``
+    The weights (CPU tensors), as ``model.state_dict()``.
+``weights``
+    Which weights these are: ``{"weights": "best" | "final", "step", "epoch"}``, plus ``readout`` when
+    the fMRI layer was refitted in closed form after training.
+``manifest``, ``manifest_sha256``
+    The dataset manifest trained on (its path and the sha256 of its bytes).
+``mask``, ``affine``, ``fmri_info``
+    The manifest's ``arrays.mask`` entry, the 4 x 4 voxel -> mm affine and the ``arrays.fmri_info``
+    entry (or None): enough to map predictions back to the brain.
+``train_params``, ``config_hash``, ``steps``, ``epochs``, ``best_val_loss``, ``giblet_version``
+    How it was trained: the ``train`` config section, the checkpoints' configuration hash, optimizer
+    steps and epochs run, the best validation selection score (inf without validation).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from giblet.errors import InputError
+from giblet.model.autoencoder import BrainAutoencoder
+
+MODEL_FORMAT = "giblet.model/1"
+# Keys every model.pt must hold as dicts (the rest is provenance; readers use .get()).
+REQUIRED = ("model_config", "state_dict")
+
+
+def _numpy_safe_globals() -> list:
+    """The numpy types ``np.random.get_state()`` pickles (checkpoints' RNG states), for weights_only."""
+    core = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def load_weights_only(path: str | Path):
+    """``torch.load(path, map_location="cpu", weights_only=True)`` with numpy arrays allowed.
+
+    Tensors, containers, numbers, strings and numpy arrays only: a file that needs anything else
+    (arbitrary pickled objects, i.e. code) raises ``pickle.UnpicklingError`` instead of running it.
+    """
+    with torch.serialization.safe_globals(_numpy_safe_globals()):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def write_model_file(path: str | Path, model_config: dict, state_dict: dict, **provenance) -> Path:
+    """Write ``model.pt`` at ``path`` (to a temporary name, then renamed: never half-written).
+
+    ``provenance``: the other keys of the format (see the module docstring). Returns ``path``.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"format": MODEL_FORMAT, "model_config": model_config, "state_dict": state_dict, **provenance}, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_model_file(path: str | Path) -> dict:
+    """``model.pt`` as saved (a dict with ``model_config`` and ``state_dict``), read weights-only.
+
+    Raises
+    ------
+    InputError
+        Naming the file: missing, unreadable (truncated, corrupt, not a torch file), not of
+        :data:`MODEL_FORMAT`, or without ``model_config``/``state_dict``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such model file: run the train stage first")
+    try:
+        saved = load_weights_only(path)
+    except Exception as error:  # noqa: BLE001 - truncated, corrupt, or not a torch file at all
+        raise InputError(path, f"cannot be read as a model file ({type(error).__name__}: {error})") from error
+    if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
+        raise InputError(path, f"is not a giblet model (expected format {MODEL_FORMAT!r})")
+    missing = [k for k in REQUIRED if not isinstance(saved.get(k), dict)]
+    if missing:
+        raise InputError(path, f"giblet model without {', '.join(missing)}")
+    return saved
+
+
+def load_model(path: str | Path, device: str = "cpu") -> tuple[BrainAutoencoder, dict]:
+    """``model.pt`` -> (model on ``device`` in eval mode, the saved dict without ``state_dict``).
+
+    Raises InputError naming the file (see :func:`read_model_file`).
+    """
+    saved = read_model_file(path)
+    model = BrainAutoencoder.from_config(saved["model_config"])
+    model.load_state_dict(saved["state_dict"])
+    model.to(device).eval()
+    return model, {k: v for k, v in saved.items() if k != "state_dict"}
+
+
+__all__ = ["MODEL_FORMAT", "load_model", "load_weights_only", "read_model_file", "write_model_file"]
