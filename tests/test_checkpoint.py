@@ -114,6 +114,21 @@ def test_damaged_latest_falls_back_to_backup(tmp_path, caplog, damage, reason):
     assert f"latest.pt rejected: {reason}" in caplog.text
 
 
+class Pickled:
+    """Not a tensor, container or number: unpickling it would run code (its class's constructor)."""
+
+
+def test_a_checkpoint_that_needs_unpickled_code_is_rejected_not_run(tmp_path, caplog):
+    m = manager(tmp_path)
+    saves(m, range(1, 4))
+    m.save({**tiny(4), "object": Pickled()}, step=4, epoch=4)    # weights_only=True refuses it
+    with caplog.at_level(logging.WARNING, logger="giblet.train.checkpoint"):
+        m = manager(tmp_path)
+        state = m.load_latest()
+    assert state["step"] == 3 and m.resumed_from() == tmp_path / "latest_backup.pt"
+    assert "latest.pt rejected: refused: it holds objects other than tensors" in caplog.text
+
+
 def test_latest_and_backup_broken_falls_back_to_rolling(tmp_path, caplog):
     saves(manager(tmp_path), range(1, 6))
     for name in ("latest.pt", "latest_backup.pt"):    # replaced by garbage (new files)

@@ -1,6 +1,7 @@
 """The assembled dataset: manifest contents, windows, and the direction of time."""
 
 import json
+import re
 
 import nibabel as nib
 import numpy as np
@@ -8,6 +9,7 @@ import pytest
 
 from giblet.config import load_config
 from giblet.data.assemble import assemble_dataset
+from giblet.data.manifest import read_manifest, write_manifest
 from giblet.data.samples import WindowDataset
 from giblet.errors import InputError
 from giblet.files import write_json
@@ -104,3 +106,27 @@ def test_short_arrays_and_mask_mismatch_are_errors(tmp_path):
     assert not (tmp_path / "m2.json").exists() and not (tmp_path / "m3.json").exists()
     with pytest.raises(KeyError, match="'val' is not in the manifest"):
         WindowDataset(manifest, "val")
+
+
+def test_the_manifest_reader_round_trips_the_file_and_refuses_a_missing_key(tmp_path):
+    manifest_path = impulse_bundle(tmp_path, shift_trs=3, fractions="{train: 0.6, val: 0.2, test: 0.2}")
+    data = json.loads(manifest_path.read_text())
+    manifest = read_manifest(manifest_path)
+    assert manifest.to_dict() == data  # the typed form holds exactly the file's contents
+    assert manifest.shift_trs == manifest.split.shift_trs == 3 and manifest.path == manifest_path
+    assert manifest.arrays["frames"].shape == (N_TRS, 1, 2, 2, 3) and manifest.array_path("fmri").name == "group.npy"
+    write_manifest(manifest, tmp_path / "again.json")
+    assert (tmp_path / "again.json").read_bytes() == manifest_path.read_bytes()  # same bytes, same sha256
+
+    # A key no reader may default: pre-shifted data read as unshifted would pair the wrong TRs.
+    for drop, name in ((lambda d: d["split"].pop("shift_trs"), "split.shift_trs"),
+                       (lambda d: d.pop("tr"), "tr"), (lambda d: d["arrays"]["fmri"].pop("path"), "arrays.fmri.path")):
+        broken = json.loads(manifest_path.read_text())
+        drop(broken)
+        write_json(tmp_path / "broken.json", broken)
+        with pytest.raises(InputError, match=rf"broken.json: missing key '{re.escape(name)}'"):
+            read_manifest(tmp_path / "broken.json")
+        with pytest.raises(InputError, match=r"broken.json: missing key"):
+            WindowDataset(tmp_path / "broken.json", "train")
+    with pytest.raises(InputError, match=r"nowhere.json: no such manifest"):
+        read_manifest(tmp_path / "nowhere.json")

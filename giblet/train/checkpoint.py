@@ -288,6 +288,9 @@ class CheckpointManager:
         try:
             state = load_checkpoint(path)
         except Exception as exc:  # noqa: BLE001 - any failure to unpickle rejects the file
+            if "Weights only load failed" in str(exc):
+                raise Rejected("refused: it holds objects other than tensors, containers and numbers, whose "
+                               f"unpickling could run code ({str(exc).splitlines()[0]})") from None
             raise Rejected(f"truncated: cannot be read ({type(exc).__name__}: {exc})") from None
         if not isinstance(state, dict) or "config_hash" not in state:
             raise Rejected("not a checkpoint (no config_hash)")
