@@ -1,6 +1,6 @@
 """The TR grid and the hemodynamic delay: every stage handles time through this module.
 
-Conventions (DESIGN.md, principle 5):
+Conventions (every stage uses the same TR grid, so the modalities line up without time-warping):
 
 - TR ``i`` covers the stimulus interval ``[i * tr, (i + 1) * tr)`` seconds.
 - A recording of ``duration`` seconds has ``n_trs = floor(duration / tr)`` TRs; a trailing partial

@@ -2,8 +2,9 @@
 
 Every state dict, pretrained or local, goes through ``load_state_dict_file``, so a test that saves
 a state dict exercises the same code as real weights. ``"demo-random"`` is for the built-in demo
-only: a random-init network whose codebooks are seeded from the movie's own audio (DESIGN.md,
-"Offline models"). Its codes are deterministic and varied, but they mean nothing acoustically.
+only: a random-init network whose codebooks are seeded from the movie's own audio, so the demo
+runs offline, with no weights to download. Its codes are deterministic and varied, but they mean
+nothing acoustically.
 """
 
 from __future__ import annotations
