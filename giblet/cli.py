@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -30,33 +31,44 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _outputs(rule: str, config: dict, subject: str | None = None) -> dict:
+    from giblet import rules
+
+    outputs = rules.outputs(rule, config)
+    return {k: v.format(subject=subject) if subject and isinstance(v, str) else v for k, v in outputs.items()}
+
+
+def _run_stage(rule: str, config: dict, args: argparse.Namespace, subject: str | None = None, **paths) -> int:
+    """Run ``rule``'s stage with the arguments its Snakemake rule passes (files and params from the
+    config), but for the paths given on the command line; print where its first output went."""
+    import os
+
+    from giblet import stages
+
+    arguments = stages.arguments(rule, config, subject)
+    arguments.update({key: str(value) for key, value in paths.items() if value and key in arguments})
+    # As the rules reserve them: training its train.gpus, a stage with a device setting one GPU unless 'cpu'.
+    device = arguments.get("device") or arguments.get("settings", {}).get("device")
+    gpus = config["train"]["gpus"] if rule == "train" else int(device not in (None, "cpu"))
+    status = stages.run(rule, arguments, gpus=gpus, train_config=config["train"],
+                        threads=len(os.sched_getaffinity(0)), progress=not getattr(args, "quiet", False))
+    if status == 0 and rule != "train":
+        first = next(iter(_outputs(rule, config, subject)))
+        print(arguments[first][0] if isinstance(arguments[first], list) else arguments[first])
+    return status
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate the demo data set."""
-    from giblet.demo.generate import make_demo
-
     config = load_config(args.config, args.overrides)
-    out = args.out or f"{config['results_dir']}/demo"
-    make_demo(config["demo"], config["tr"], out, progress=not args.quiet)
-    print(out)
-    return 0
-
-
-def _stage_paths(args: argparse.Namespace) -> tuple[dict, dict]:
-    from giblet import paths
-
-    config = load_config(args.config, args.overrides)
-    return config, paths.stimulus(config)
+    movie = Path(args.out) / "movie.mp4" if args.out else None  # the stage writes next to the movie
+    return _run_stage("demo_dataset", config, args, movie=movie)
 
 
 def cmd_frames(args: argparse.Namespace) -> int:
     """Video frames per TR."""
-    from giblet import paths
-    from giblet.stimulus.frames import extract_frames
-
-    config, out = _stage_paths(args)
-    print(extract_frames(args.movie or paths.movie(config), args.out or out["frames"], config["tr"],
-                         config["stimulus"]["frames"], progress=not args.quiet))
-    return 0
+    config = load_config(args.config, args.overrides)
+    return _run_stage("extract_frames", config, args, movie=args.movie, frames=args.out)
 
 
 def cmd_frames_preview(args: argparse.Namespace) -> int:
@@ -69,13 +81,8 @@ def cmd_frames_preview(args: argparse.Namespace) -> int:
 
 def cmd_audio(args: argparse.Namespace) -> int:
     """EnCodec codes per TR."""
-    from giblet import paths
-    from giblet.stimulus.audio import encode_audio
-
-    config, out = _stage_paths(args)
-    print(encode_audio(args.movie or paths.movie(config), args.out or out["audio"], config["tr"],
-                       config["stimulus"]["audio"], progress=not args.quiet))
-    return 0
+    config = load_config(args.config, args.overrides)
+    return _run_stage("encode_audio", config, args, movie=args.movie, codes=args.out)
 
 
 def cmd_audio_decode(args: argparse.Namespace) -> int:
@@ -88,15 +95,8 @@ def cmd_audio_decode(args: argparse.Namespace) -> int:
 
 def cmd_text(args: argparse.Namespace) -> int:
     """CLIP embeddings of the annotations per TR."""
-    from giblet import paths
-    from giblet.stimulus.text import embed_text
-
-    config, out = _stage_paths(args)
-    written = embed_text(args.annotations or paths.annotations(config), args.movie or paths.movie(config),
-                         args.out or out["text"], config["tr"], config["stimulus"]["text"],
-                         progress=not args.quiet)
-    print(written)
-    return 0
+    config = load_config(args.config, args.overrides)
+    return _run_stage("embed_text", config, args, annotations=args.annotations, movie=args.movie, text=args.out)
 
 
 def cmd_text_nearest(args: argparse.Namespace) -> int:
@@ -123,43 +123,36 @@ def cmd_text_nearest(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train (or resume) as the train rule does: CPU, or torchrun over ``train.gpus`` GPUs."""
-    from giblet import paths
-    from giblet.train.launch import launch
-
     config = load_config(args.config, args.overrides)
-    manifest = args.manifest or str(paths.dataset(config)["manifest"])
-    return launch(manifest, str(paths.train(config)["model"].parent), config["train"])
+    return _run_stage("train", config, args, manifest=args.manifest)
+
+
+# Every rule's stage, in pipeline order (giblet.stages.STAGES, without importing it at start-up).
+STAGE_NAMES = ("demo_dataset", "extract_frames", "encode_audio", "embed_text", "fmri_mask", "plan_split",
+               "normalize_fmri", "average_fmri", "assemble_dataset", "train", "verify_checkpoint",
+               "examine_weights", "evaluate", "baseline_ridge", "plot_reconstructions", "lesion", "training_summary")
+EVALUATION = ("verify_checkpoint", "examine_weights", "evaluate", "baseline_ridge", "plot_reconstructions",
+              "lesion", "training_summary")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Every evaluation rule in order (verification first: a bad model stops here), same outputs."""
-    from giblet import paths
-    from giblet.evaluate.evaluate import evaluate
-    from giblet.evaluate.lesion import lesion
-    from giblet.evaluate.reconstructions import plot_reconstructions
-    from giblet.evaluate.ridge import write_ridge_baseline
-    from giblet.evaluate.training_summary import training_summary
-    from giblet.evaluate.verify import verify_checkpoint
-    from giblet.evaluate.weights import examine_weights
-
     config = load_config(args.config, args.overrides)
-    train, out, ev = paths.train(config), paths.evaluate(config), config["evaluate"]
-    model = args.model or str(train["model"])
-    manifest = args.manifest or str(paths.dataset(config)["manifest"])
-    verify_checkpoint(model, manifest, out["verify"])
-    latest = train["latest_checkpoint"]
-    examine_weights(model, out["weights_json"], out["weights_png"], latest if latest.exists() else None)
-    evaluate(model, manifest, out["metrics"].parent, reliable_threshold=ev["reliable_threshold"],
-             n_null=ev["null_shifts"], device=ev["device"])
-    write_ridge_baseline(manifest, out["ridge"], reliable_threshold=ev["reliable_threshold"], n_null=ev["null_shifts"])
-    plot_reconstructions(model, manifest, out["reconstructions"][0].parent, n_examples=ev["examples"],
-                         reliable_ceiling=ev["reliable_threshold"], device=ev["device"])
-    lesion(model, manifest, out["lesion_json"], out["lesion_png"], regions=ev["lesion_regions"] or None,
-           device=ev["device"])
-    if train["history"].exists():
-        training_summary(train["history"], out["training_png"])
-    print(out["metrics"].parent.parent)
+    for rule in EVALUATION:
+        if rule == "training_summary" and not Path(_outputs("train", config)["history"]).exists():
+            continue  # a model.pt brought from elsewhere has no training history
+        status = _run_stage(rule, config, args, model=args.model, manifest=args.manifest)
+        if status:
+            return status
     return 0
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    """Any one stage, as its rule runs it."""
+    config = load_config(args.config, args.overrides)
+    if args.rule == "normalize_fmri" and not args.subject:
+        raise ConfigError("giblet stage normalize_fmri: --subject is required")
+    return _run_stage(args.rule, config, args, subject=args.subject)
 
 
 def _add_stage(sub, name: str, func, help: str, inputs: tuple[str, ...]) -> argparse.ArgumentParser:
@@ -207,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="PATH", help="model.pt (default: <results_dir>/train/model.pt)")
     p.add_argument("--manifest", metavar="PATH", help="dataset manifest (default: from the config)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("stage", help="run any one pipeline stage as its Snakemake rule does (files from the config)")
+    _add_config_args(p)
+    p.add_argument("rule", choices=list(STAGE_NAMES), metavar="RULE", help=", ".join(STAGE_NAMES))
+    p.add_argument("--subject", help="the subject, for normalize_fmri")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_stage)
 
     p = sub.add_parser("frames-preview", help="frames.npy back to a PNG grid (one row per TR), mp4 or GIF")
     p.add_argument("frames", metavar="FRAMES_NPY")

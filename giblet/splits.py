@@ -19,6 +19,7 @@ not used.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -149,6 +150,19 @@ def write_split_plan(fmri_info: dict, stimulus_trs: dict[str, int], params: dict
                           "usable_targets": list(usable_targets(fmri_info["n_trs"], n_stimulus,
                                                                 split.lag_trs, shift_trs))})
     return split
+
+
+def read_training_block(split_json) -> tuple[int, int]:
+    """The training block ``[start, stop)`` (target TRs) of a ``plan_split`` file."""
+    import json
+
+    from giblet.errors import InputError
+
+    try:
+        start, stop = json.loads(Path(split_json).read_text())["ranges"]["train"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise InputError(f"{split_json}: not a split plan with a training block ({err})") from err
+    return int(start), int(stop)
 
 
 def blocked_cv(targets, n_folds: int = 5, gap: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:

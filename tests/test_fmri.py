@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 
 from giblet.errors import InputError
-from giblet.fmri import (average_subjects, build_mask, check_bold_inputs, from_nifti, normalize_subject,
-                         prepare_fmri, to_nifti)
+from giblet.fmri.group import average_subjects
+from giblet.fmri.inputs import check_bold_inputs
+from giblet.fmri.mask import build_mask, prepare_fmri
+from giblet.fmri.nifti import from_nifti, to_nifti
+from giblet.fmri.normalize import normalize_subject
 
 SHAPE, TR = (10, 12, 8), 1.5
 AFFINE = np.array([[3.0, 0, 0, -15], [0, 3, 0, -18], [0, 0, 3, 0], [0, 0, 0, 1]])

@@ -138,7 +138,12 @@ def test_sherlock_yaml_runs_end_to_end_on_a_sherlock_shaped_data_set(sherlock_da
     info = json.loads((results / "fmri" / "fmri.json").read_text())
     assert info["subjects"] == ["1", "2"] and info["dropped"] == ["5"] and info["n_trs"] == N_TRS
     assert info["per_subject"]["5"]["trailing_constant_trs"] == N_MISSING
-    assert sorted(p.name for p in (results / "fmri").glob("sub-*_z.npy")) == ["sub-1_z.npy", "sub-2_z.npy"]
+    # Every subject has its files (so the plan is known up front); the dropped one's are empty and say why.
+    assert sorted(p.name for p in (results / "fmri").glob("sub-*_z.npy")) == ["sub-1_z.npy", "sub-2_z.npy",
+                                                                              "sub-5_z.npy"]
+    assert np.load(results / "fmri" / "sub-5_z.npy").shape[0] == 0
+    assert "dropped" in json.loads((results / "fmri" / "sub-5_z.json").read_text())["dropped"]
+    assert json.loads((results / "fmri" / "group.json").read_text())["sources"].keys() == {"sub-1_z", "sub-2_z"}
     mask = nib.load(results / "fmri" / "mask.nii.gz")
     n_voxels = int(np.count_nonzero(np.asarray(mask.dataobj)))
     assert mask.shape == (61, 73, 61) and np.allclose(mask.affine, sherlock_data["affine"])

@@ -3,7 +3,7 @@
 The stages, in order (each writes file targets the next one reads):
 
 - ``fmri_mask`` (:func:`giblet.fmri.mask.prepare_fmri`): check shape, affine, TR and length of every
-  subject, then write ``mask.nii.gz`` and ``info.json``;
+  subject, then write ``mask.nii.gz`` and ``fmri.json``;
 - ``normalize_fmri`` (:func:`giblet.fmri.normalize.normalize_subject`): one subject, streamed in time
   chunks, to ``sub-XX_z.npy`` float32 (T, V) and ``sub-XX_stats.npz``;
 - ``average_fmri`` (:func:`giblet.fmri.group.average_subjects`): ``group.npy`` (T, V) and the
@@ -11,13 +11,7 @@ The stages, in order (each writes file targets the next one reads):
 
 :mod:`giblet.fmri.nifti` maps (T, V) arrays back into brain space and out again. Voxel order is
 always numpy's C order of the mask's (i, j, k) indices, the same as nilearn's ``apply_mask``.
+
+Nothing is imported here: each stage imports only its own module, so editing one stage's module
+reruns that stage alone (see :mod:`giblet.code_hash`).
 """
-
-from giblet.fmri.group import average_subjects
-from giblet.fmri.inputs import check_bold_inputs
-from giblet.fmri.mask import build_mask, prepare_fmri
-from giblet.fmri.nifti import from_nifti, to_nifti
-from giblet.fmri.normalize import normalize_subject
-
-__all__ = ["average_subjects", "build_mask", "check_bold_inputs", "from_nifti", "normalize_subject",
-           "prepare_fmri", "to_nifti"]

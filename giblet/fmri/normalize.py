@@ -176,13 +176,38 @@ def normalize_subject(bold_path: Path, mask_path: Path, n_trs: int, fit_trs: tup
 def normalize_fitted_on(bold_path: Path, mask_path: Path, info_json: Path, fit: str | list[int],
                         out_npy: Path, out_stats: Path, progress: bool = True) -> Path:
     """The rule's entry point. ``fit`` is ``"all"`` (every TR of the common length that ``fmri_mask``
-    settled on) or ``[start, stop)``, the split's training block (``fmri.normalize_on: train``)."""
+    settled on) or ``[start, stop)``, the split's training block (``fmri.normalize_on: train``).
+
+    A subject that ``fmri_mask`` dropped (``fmri.short_subjects: drop``) gets empty outputs that say
+    so (see :func:`write_dropped`): every configured subject has its files, so the whole plan is
+    known before anything runs and ``snakemake -n`` shows it.
+    """
     import json
 
-    n_trs = json.loads(Path(info_json).read_text())["n_trs"]
+    info = json.loads(Path(info_json).read_text())
+    n_trs = info["n_trs"]
+    dropped = [s for s in info["dropped"] if Path(info["per_subject"][s]["path"]) == Path(bold_path)]
+    if dropped:
+        return write_dropped(bold_path, out_npy, out_stats, dropped[0], info["mask"]["n_voxels"], info_json)
     fit_trs = (0, n_trs) if fit == "all" else tuple(fit)
     if len(fit_trs) != 2 or not 0 <= fit_trs[0] < fit_trs[1] <= n_trs:
         raise ValueError(f"{bold_path}: cannot fit statistics on TRs {fit!r} of {n_trs}")
     log.info("%s: statistics fit on TRs [%d, %d)", bold_path, *fit_trs)
     return normalize_subject(Path(bold_path), Path(mask_path), n_trs, fit_trs, Path(out_npy), Path(out_stats),
                              progress=progress)
+
+
+def write_dropped(bold_path: Path, out_npy: Path, out_stats: Path, subject: str, n_voxels: int,
+                  info_json: Path) -> Path:
+    """The outputs of a subject ``fmri_mask`` dropped: a (0, V) z array whose sidecar and stats say
+    ``dropped`` and why. ``average_fmri`` leaves the subject out, as ``fmri.json`` lists."""
+    out_npy, out_stats = Path(out_npy), Path(out_stats)
+    reason = f"dropped by fmri_mask (fmri.short_subjects: drop); see {info_json}"
+    with atomic_output_dir(out_npy.parent) as tmp:
+        empty = np.zeros((0, n_voxels), dtype=np.float32)
+        np.save(tmp / out_npy.name, empty)
+        np.savez(tmp / out_stats.name, n_trs=0, dropped=reason)
+        write_sidecar(tmp / out_npy.name, empty, parameters={"dropped": True}, sources={"bold": bold_path},
+                      extra={"dropped": reason})
+    log.warning("%s: subject %s %s; its outputs are empty", bold_path, subject, reason)
+    return out_npy

@@ -1,8 +1,8 @@
-# Shared set-up: config validation, output locations, and the code-version params.
+# Shared set-up: config validation, and each rule's files, params and code version from the package.
 from giblet import paths
+from giblet import rules as stage_rules
+from giblet.code_hash import stage_code_hash
 from giblet.config import validate_config
-from giblet.files import source_hash
-from giblet.train.params import rule_params as train_rule_params
 
 # Validates with snakemake.utils.validate against workflow/schemas/config.schema.yaml, fills in
 # defaults, and names any unknown or mistyped key (with the closest known key).
@@ -10,54 +10,46 @@ validate_config(config)
 
 RESULTS = config["results_dir"]
 LOGS = f"{RESULTS}/logs"
-DEMO = paths.demo(config)
-STIMULUS = {key: str(path) for key, path in paths.stimulus(config).items()}
-MOVIE = str(paths.movie(config))
-FMRI = {key: str(path) for key, path in paths.fmri(config).items()}
-BOLD = {subject: str(path) for subject, path in paths.bold(config).items()}
-DATASET = {key: str(path) for key, path in paths.dataset(config).items()}
-TRAIN = {key: str(path) for key, path in paths.train(config).items()}
+# Every rule runs its stage (giblet.stages, the function of the rule's name) through this script.
+STAGE_SCRIPT = "../scripts/stage.py"
 
 
-def as_str(paths):
-    """Snakemake wants str paths; the giblet.paths helpers return pathlib paths and lists of them."""
-    return [str(p) for p in paths] if isinstance(paths, list) else str(paths)
+def _wrapped(files, wrappers):
+    """Apply Snakemake's flags (report(), directory(), ...) to the named files that need them."""
+    def wrap(key, value):
+        flag = wrappers.get(key)
+        if flag is None:
+            return value
+        return [flag(v) for v in value] if isinstance(value, list) else flag(value)
+
+    return {key: wrap(key, value) for key, value in files.items()}
 
 
-EVALUATE = {key: as_str(path) for key, path in paths.evaluate(config).items()}
+def stage_inputs(rule_name, **wrappers):
+    """The rule's named inputs, from giblet.rules (the giblet command reads the same)."""
+    return _wrapped(stage_rules.inputs(rule_name, config), wrappers)
+
+
+def stage_outputs(rule_name, **wrappers):
+    return _wrapped(stage_rules.outputs(rule_name, config), wrappers)
+
+
+def stage_params(rule_name):
+    """The config values the stage reads, and the hash of the code it runs (giblet.code_hash: the stage
+    function and every package module its imports reach), so a code edit reruns exactly its users."""
+    return {**stage_rules.params(rule_name, config), "code": stage_code_hash(rule_name)}
+
+
+def figure(caption, category):
+    """A report item: the flag for an output that goes into `snakemake --report`."""
+    return lambda path: report(path, caption=f"../report/{caption}", category=category)
 
 
 def final_targets():
     """What `snakemake` builds by default: the end of every branch of the DAG built so far."""
-    outputs = [v for k, v in EVALUATE.items() if k != "reconstructions"] + EVALUATE["reconstructions"]
-    return [TRAIN["model"], *outputs]
-
-
-def kept_subjects_z(wildcards):
-    """The z-scored subjects that passed fmri_mask (known once the checkpoint has run)."""
-    import json
-
-    with open(checkpoints.fmri_mask.get().output.info) as f:
-        kept = json.load(f)["subjects"]
-    return expand(FMRI["z"], subject=kept)
-
-
-def training_block(wildcards):
-    """The split's training block [start, stop) (known once the plan_split checkpoint has run)."""
-    import json
-
-    with open(checkpoints.plan_split.get().output.split) as f:
-        return json.load(f)["ranges"]["train"]
-
-
-def normalization_fit_trs(wildcards):
-    """The TRs normalize_fmri fits its statistics on: 'all', or the split's training block."""
-    return "all" if config["fmri"]["normalize_on"] == "all" else training_block(wildcards)
-
-
-def evaluate_params(*keys):
-    """Only the evaluate keys a rule reads, so that changing one reruns only the rules that use it."""
-    return {key: config["evaluate"][key] for key in keys}
+    evaluation = paths.evaluate(config)
+    outputs = [v for k, v in evaluation.items() if k != "reconstructions"] + evaluation["reconstructions"]
+    return [str(p) for p in [paths.train(config)["model"], *outputs]]
 
 
 def gpu_resources(count):

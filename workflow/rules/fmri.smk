@@ -4,61 +4,47 @@ wildcard_constraints:
     subject="[A-Za-z0-9]+",
 
 
-checkpoint fmri_mask:
-    """Check every subject (shape, affine, TR, length) and build the shared mask. A checkpoint,
-    because `fmri.short_subjects: drop` decides at run time which subjects go on."""
+rule fmri_mask:
+    """Check every subject (shape, affine, TR, length) and build the shared mask. Which subjects go on
+    (`fmri.short_subjects: drop`) is decided here and written to fmri.json; a dropped subject's later
+    outputs are empty, so the whole plan is known before anything runs."""
     input:
-        bold=list(BOLD.values()),
+        **stage_inputs("fmri_mask"),
     output:
-        mask=FMRI["mask"],
-        info=FMRI["info"],
+        **stage_outputs("fmri_mask"),
     params:
-        bold=BOLD,
-        # Only what the mask depends on: a normalization change must not rerun it.
-        fmri={key: config["fmri"][key] for key in ("mask", "majority_fraction", "short_subjects")},
-        tr=config["tr"],
-        code=source_hash("fmri/inputs.py", "fmri/mask.py"),
+        **stage_params("fmri_mask"),
     log:
         f"{LOGS}/fmri_mask.log",
     script:
-        "../scripts/fmri_mask.py"
+        STAGE_SCRIPT
 
 
 rule normalize_fmri:
-    """Z-score one subject's masked time series (statistics fit as `fmri.normalize_on` says)."""
+    """Z-score one subject's masked time series (statistics fit as `fmri.normalize_on` says: on the
+    training block, read from the split file, or on every TR)."""
     input:
-        bold=lambda wildcards: BOLD[wildcards.subject],
-        mask=FMRI["mask"],
-        info=FMRI["info"],
-        # ancient: a rewritten split file (e.g. after a movie edit) does not by itself rerun the
-        # z-scoring; the training block it holds is the fit_trs param, which does when it moves.
-        split=ancient(DATASET["split"]),
+        unpack(lambda wildcards: stage_rules.inputs("normalize_fmri", config, wildcards.subject)),
     output:
-        z=FMRI["z"],
-        sidecar=FMRI["z_sidecar"],
-        stats=FMRI["stats"],
+        **stage_outputs("normalize_fmri"),
     params:
-        fit_trs=normalization_fit_trs,  # fmri.normalize_on: 'all', or the training block
-        code=source_hash("fmri/normalize.py"),
+        **stage_params("normalize_fmri"),
     log:
         f"{LOGS}/normalize_fmri/sub-{{subject}}.log",
     script:
-        "../scripts/normalize_fmri.py"
+        STAGE_SCRIPT
 
 
 rule average_fmri:
-    """The group mean time series and the inter-subject-correlation noise ceiling (on the training block)."""
+    """The group mean time series and the inter-subject-correlation noise ceiling (on the training
+    block: the ISC, and so the reliable voxels, never look at val or test TRs)."""
     input:
-        z=kept_subjects_z,
-        split=ancient(DATASET["split"]),  # as in normalize_fmri: the param below reruns it when the block moves
+        **stage_inputs("average_fmri"),
     output:
-        group=FMRI["group"],
-        sidecar=FMRI["group_sidecar"],
-        ceiling=FMRI["ceiling"],
+        **stage_outputs("average_fmri"),
     params:
-        isc_trs=training_block,  # the ISC ceiling (reliable voxels) never looks at val or test TRs
-        code=source_hash("fmri/group.py"),
+        **stage_params("average_fmri"),
     log:
         f"{LOGS}/average_fmri.log",
     script:
-        "../scripts/average_fmri.py"
+        STAGE_SCRIPT

@@ -1,63 +1,51 @@
-# Stimulus features per TR. Each rule is one call into giblet.stimulus; the sidecars (.json) record
-# shapes, parameters, source hashes and model identities.
+# Stimulus features per TR. The sidecars (.json) record shapes, parameters, source hashes and model
+# identities.
 
 
 rule extract_frames:
     """Video frames per TR: uint8 (T, frames_per_tr, H, W, 3)."""
     input:
-        movie=MOVIE,
+        **stage_inputs("extract_frames"),
     output:
-        frames=STIMULUS["frames"],
-        sidecar=STIMULUS["frames_sidecar"],
+        **stage_outputs("extract_frames"),
     params:
-        frames=config["stimulus"]["frames"],
-        tr=config["tr"],
-        code=source_hash("stimulus/frames.py", "stimulus/media.py", "timing.py"),
+        **stage_params("extract_frames"),
     threads: 2
     log:
         f"{LOGS}/extract_frames.log",
     script:
-        "../scripts/extract_frames.py"
+        STAGE_SCRIPT
 
 
 rule encode_audio:
     """EnCodec codes per TR: int16 (T, n_q, frames_per_tr)."""
     input:
-        movie=MOVIE,
+        **stage_inputs("encode_audio"),
     output:
-        codes=STIMULUS["audio"],
-        sidecar=STIMULUS["audio_sidecar"],
+        **stage_outputs("encode_audio"),
     params:
-        audio=config["stimulus"]["audio"],
-        tr=config["tr"],
-        code=source_hash("stimulus/audio.py", "stimulus/encodec_weights.py", "stimulus/media.py", "timing.py"),
+        **stage_params("encode_audio"),
     threads: 4
     resources:
         **gpu_resources(gpus_for(config["stimulus"]["audio"]["device"])),
     log:
         f"{LOGS}/encode_audio.log",
     script:
-        "../scripts/encode_audio.py"
+        STAGE_SCRIPT
 
 
 rule embed_text:
     """CLIP text embeddings of the annotations overlapping each TR: float32 (T, k, d) + mask."""
     input:
-        annotations=str(paths.annotations(config)) if config["stimulus"]["text"]["enabled"] else [],
-        movie=MOVIE,
+        **stage_inputs("embed_text"),
     output:
-        text=STIMULUS["text"],
-        mask=STIMULUS["text_mask"],
-        library=STIMULUS["text_annotations"],
-        sidecar=STIMULUS["text_sidecar"],
+        **stage_outputs("embed_text"),
     params:
-        text=config["stimulus"]["text"],
-        tr=config["tr"],
-        code=source_hash("stimulus/text.py", "stimulus/annotations.py", "stimulus/media.py", "timing.py"),
+        **stage_params("embed_text"),
     threads: 4
     resources:
         **gpu_resources(gpus_for(config["stimulus"]["text"]["device"])),
     log:
         f"{LOGS}/embed_text.log",
     script:
-        "../scripts/embed_text.py"
+        STAGE_SCRIPT

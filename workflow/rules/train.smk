@@ -6,22 +6,19 @@ rule train:
     output: Snakemake deletes a failed job's outputs, and resume state must survive. A job stopped by
     a signal (Ctrl-C, a SLURM time limit's USR1, preemption's TERM) saves a checkpoint and exits 75;
     `retries` reruns it and the rerun resumes. Only the top-level Snakemake retries: inside a SLURM
-    job the retry would start again in an allocation that is about to end."""
+    job the retry would start again in an allocation that is about to end. The params hold only the
+    keys that change the weights; the stage reads how to run (checkpoint interval, logging) from the
+    whole train section."""
     input:
-        manifest=DATASET["manifest"],
+        **stage_inputs("train"),
     output:
-        model=TRAIN["model"],
-        history=TRAIN["history"],
-        tensorboard=directory(TRAIN["tensorboard"]),
+        **stage_outputs("train", tensorboard=directory),
     params:
-        # Only keys that change the weights: a checkpoint interval or a TensorBoard option does not
-        # retrain. The script reads the whole section from the config.
-        learning=train_rule_params(config["train"]),
-        code=source_hash("model", "train", "data/samples.py", "splits.py"),  # = giblet.train.loop.TRAINING_CODE
+        **stage_params("train"),
     resources:
         **gpu_resources(config["train"]["gpus"]),  # one torchrun process per GPU granted
     retries: 0 if workflow.remote_exec else config["train"]["restarts"]
     log:
         f"{LOGS}/train.log",
     script:
-        "../scripts/train.py"
+        STAGE_SCRIPT
