@@ -1,7 +1,7 @@
 """Writing outputs safely and describing where they came from.
 
 Every stage writes into a temporary location and renames at the end, so a failure leaves no partial
-output and never damages what an earlier run wrote (DESIGN.md, principle 7).
+output and never damages what an earlier run wrote.
 """
 
 from __future__ import annotations
@@ -15,9 +15,6 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
-
-PACKAGE_ROOT = Path(__file__).parent
-
 
 def sha256_in_background(path: str | Path):
     """Start hashing ``path`` on a thread (hashlib releases the GIL); ``.result()`` gives the digest.
@@ -39,24 +36,6 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def source_hash(*relative_paths: str) -> str:
-    """Short hash of package source files (paths relative to ``giblet/``; folders are recursed).
-
-    Rules pass it as a param, so editing the code of a stage reruns that stage (Snakemake does not
-    see edits to package code it calls).
-    """
-    digest = hashlib.sha256()
-    for rel in relative_paths:
-        root = PACKAGE_ROOT / rel
-        files = sorted(root.rglob("*.py")) if root.is_dir() else [root]
-        if not files or not all(f.is_file() for f in files):
-            raise FileNotFoundError(f"no package source at {root}")
-        for f in files:
-            digest.update(str(f.relative_to(PACKAGE_ROOT)).encode())
-            digest.update(f.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def jsonable(value, digits: int | None = None):

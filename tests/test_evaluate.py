@@ -15,7 +15,8 @@ from giblet.errors import InputError
 from giblet.evaluate import metrics as M
 from giblet.evaluate.brain_maps import plot_r_map, r_map_image
 from giblet.evaluate.decoding_metrics import code_metrics, frame_metrics, text_metrics
-from giblet.evaluate.evaluate import CEILING_EXACT, CEILING_ISC, evaluate
+from giblet.evaluate.ceiling import CEILING_EXACT, CEILING_ISC
+from giblet.evaluate.evaluate import evaluate
 
 # -- per-voxel correlation -------------------------------------------------------------------------
 
@@ -301,7 +302,7 @@ def test_evaluate_uses_the_exact_demo_ceiling_when_the_manifest_has_truth(tmp_pa
 def test_realised_test_ceiling_matches_the_generators_expected_one(tmp_path):
     """Noise of variance 1/c^2 - 1 around a unit-variance signal: over many TRs the realised correlation
     is c; over few it scatters (what the demo's test block reports beside the expected value)."""
-    from giblet.evaluate.evaluate import realised_ceiling
+    from giblet.evaluate.ceiling import realised_ceiling
     from tests.bundles import in_memory_manifest
 
     rng = np.random.default_rng(0)

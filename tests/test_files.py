@@ -57,14 +57,3 @@ def test_failed_demo_generation_leaves_no_partial_output(tmp_path, monkeypatch, 
     assert (out / "movie.mp4").read_bytes() == b"the movie from an earlier, complete run"
     assert [p.name for p in tmp_path.iterdir()] == ["demo"]
 
-
-def test_source_hash_changes_with_the_code(tmp_path, monkeypatch):
-    (tmp_path / "stage").mkdir()
-    (tmp_path / "stage" / "a.py").write_text("x = 1\n")
-    monkeypatch.setattr(files, "PACKAGE_ROOT", tmp_path)
-    before = files.source_hash("stage")
-    assert files.source_hash("stage") == before
-    (tmp_path / "stage" / "a.py").write_text("x = 2\n")
-    assert files.source_hash("stage") != before
-    with pytest.raises(FileNotFoundError):
-        files.source_hash("missing")

@@ -29,7 +29,8 @@ from giblet.data.manifest import Manifest
 from giblet.errors import InputError
 from giblet.evaluate import metrics as M
 from giblet.evaluate.decoding_metrics import code_metrics, frame_metrics, text_metrics, unit_rows
-from giblet.evaluate.evaluate import load_ceiling, load_checked
+from giblet.evaluate.ceiling import load_ceiling
+from giblet.evaluate.evaluate import load_checked
 from giblet.evaluate.figures import evenly_spaced, new_figure, save_figure, table_figure, wrap_lines
 from giblet.files import atomic_output_dir, jsonable
 

@@ -4,7 +4,7 @@ The baseline sees exactly what the model sees, and is scored with the model's ow
 
 - the same manifest arrays, the same split (``manifest.split``) and, for each target fMRI TR
   ``t``, the same causal window of stimulus TRs ``split.window(t)`` (see giblet.splits);
-- per-voxel Pearson r on the test block from ``giblet.model.pearson_per_voxel``.
+- per-voxel Pearson r on the test block from ``giblet.evaluate.metrics.pearson_columns``, as the model's.
 
 Pipeline (``fit_ridge``; the features and the lagging are in giblet.evaluate.ridge_features)::
 
@@ -153,12 +153,10 @@ class RidgeResult:
     info: dict = field(default_factory=dict)
 
     def r(self) -> np.ndarray:
-        """Per-voxel test Pearson r (V,), with the model's metric ``giblet.model.pearson_per_voxel``."""
-        import torch
+        """Per-voxel test Pearson r (V,), with the model evaluation's metric (``metrics.pearson_columns``)."""
+        from giblet.evaluate.metrics import pearson_columns
 
-        from giblet.model.losses import pearson_per_voxel
-
-        return pearson_per_voxel(torch.from_numpy(self.pred_test), torch.from_numpy(self.true_test)).numpy()
+        return pearson_columns(self.pred_test, self.true_test)
 
 
 def fit_ridge(manifest, alphas=DEFAULT_ALPHAS, fit_blocks=("train", "val"), test_block: str = "test",
@@ -232,7 +230,7 @@ def write_ridge_baseline(manifest_path, out_json, reliable_threshold: float = 0.
     writes ``out_json`` (the ``fmri`` section has the same keys as metrics.json's)."""
     from giblet.evaluate import metrics as M
     from giblet.evaluate.decoding_identification import ridge_decoder
-    from giblet.evaluate.evaluate import by_region, load_ceiling
+    from giblet.evaluate.ceiling import by_region, load_ceiling
     from giblet.files import write_json
 
     manifest = as_manifest(manifest_path)

@@ -30,7 +30,8 @@ from giblet.data.batch import collate
 from giblet.data.manifest import Manifest, read_manifest
 from giblet.data.samples import WindowDataset
 from giblet.devices import resolve_device
-from giblet.files import sha256_file, source_hash, write_json
+from giblet.code_hash import stage_code_hash
+from giblet.files import sha256_file, write_json
 from giblet.logs import progress as progress_bar
 from giblet.model import BrainAutoencoder, losses
 from giblet.model.model_file import write_model_file
@@ -48,8 +49,6 @@ log = logging.getLogger(__name__)
 EXIT_RESUME = 75
 # History entries that measure the machine, not the training (they differ between identical runs).
 TIMING_KEYS = ("samples_per_s", "step_time_s")
-# The package code a training run depends on (also the train rule's `code` param).
-TRAINING_CODE = ("model", "train", "data/samples.py", "data/batch.py", "data/manifest.py", "splits.py")
 # What early stopping and model.pt's choice of weights minimize: 1 - the validation block's mean
 # per-voxel r over time on the reliable voxels (what the evaluation scores), not ``val/total``, whose
 # decoder terms (which never touch the encoder) can fall while the brain prediction gets worse.
@@ -80,9 +79,10 @@ def default_params(params: dict) -> dict:
 
 def config_hash(params: dict, manifest_sha256: str, model_config: dict) -> str:
     """What a checkpoint must match to be resumed: the learning parameters, the data, the model's full
-    configuration and the training code (``TRAINING_CODE``): a code change that alters the model, its
-    initialization or the loop must not silently continue from weights trained by other code."""
-    blob = json.dumps([learning_params(params), manifest_sha256, model_config, source_hash(*TRAINING_CODE)],
+    configuration and the training code (the train rule's ``code`` param: the train stage and every
+    module it reaches): a code change that alters the model, its initialization or the loop must not
+    silently continue from weights trained by other code."""
+    blob = json.dumps([learning_params(params), manifest_sha256, model_config, stage_code_hash("train")],
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

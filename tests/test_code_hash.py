@@ -1,0 +1,132 @@
+"""Each rule's code hash follows the imports of the stage it runs; the rules and the stages agree."""
+
+import inspect
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import giblet
+from giblet import rules, stages
+from giblet.code_hash import PACKAGE_ROOT, stage_code_hash, stage_files
+from giblet.config import load_config
+
+from tests.conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def package_copy(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("package") / "giblet"
+    shutil.copytree(PACKAGE_ROOT, root, ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def changed_stages(root: Path, module: str) -> set[str]:
+    """The stages whose hash changes when ``module`` (a path under giblet/) is edited in ``root``."""
+    before = {name: stage_code_hash(name, root) for name in stages.STAGES}
+    path = root / module
+    original = path.read_text()
+    try:
+        path.write_text(original + "\n# an edit\n")
+        return {name for name in stages.STAGES if stage_code_hash(name, root) != before[name]}
+    finally:
+        path.write_text(original)
+
+
+# Module edited -> stages that must rerun (what their imports reach) / stages that must not. The left
+# column includes every module the issue found missing from the old hand-written lists.
+CASES = {
+    "fmri/nifti.py": ({"fmri_mask", "evaluate"}, {"extract_frames", "normalize_fmri", "train", "plan_split"}),
+    "fmri/inputs.py": ({"fmri_mask", "normalize_fmri"}, {"average_fmri", "extract_frames", "evaluate"}),
+    "stimulus/media.py": ({"plan_split", "extract_frames", "encode_audio", "embed_text"},
+                          {"fmri_mask", "training_summary"}),
+    "timing.py": ({"plan_split", "extract_frames"}, {"fmri_mask", "training_summary"}),
+    "splits.py": ({"assemble_dataset", "train", "plan_split", "normalize_fmri", "average_fmri"},
+                  {"extract_frames", "fmri_mask", "training_summary"}),
+    "evaluate/figures.py": ({"training_summary"}, {"train", "fmri_mask", "extract_frames"}),
+    "evaluate/evaluate.py": ({"evaluate"}, {"train", "extract_frames", "training_summary"}),
+    # Training code reruns training, and nothing that only reads model.pt.
+    "train/loop.py": ({"train"}, {"verify_checkpoint", "evaluate", "examine_weights", "plot_reconstructions",
+                                  "lesion", "baseline_ridge", "assemble_dataset"}),
+    # Imported only inside a function (torchrun's entry point, started as `python -m giblet.train`).
+    "train/__main__.py": ({"train"}, {"evaluate"}),
+    "model/encoders.py": ({"train", "evaluate", "verify_checkpoint", "lesion", "plot_reconstructions"},
+                          {"baseline_ridge", "assemble_dataset", "fmri_mask"}),
+}
+
+
+@pytest.mark.parametrize("module", sorted(CASES))
+def test_editing_a_module_changes_exactly_the_stages_that_import_it(package_copy, module):
+    must, must_not = CASES[module]
+    changed = changed_stages(package_copy, module)
+    assert must <= changed, f"{module}: {sorted(must - changed)} did not notice"
+    assert not must_not & changed, f"{module}: {sorted(must_not & changed)} should not rerun"
+    # Exactly the stages whose reachable files include it.
+    assert changed == {name for name in stages.STAGES if package_copy / module in stage_files(name, package_copy)}
+
+
+def test_editing_a_stage_function_changes_only_its_hash(package_copy):
+    path = package_copy / "stages.py"
+    original = path.read_text()
+    before = {name: stage_code_hash(name, package_copy) for name in stages.STAGES}
+    try:
+        path.write_text(original.replace('"""Loss curves per component', '"""Loss curves, per component'))
+        after = {name: stage_code_hash(name, package_copy) for name in stages.STAGES}
+    finally:
+        path.write_text(original)
+    assert {name for name in before if before[name] != after[name]} == {"training_summary"}
+
+
+def test_the_static_imports_cover_what_each_stage_imports_when_it_runs():
+    """An independent check of the ast walk: start each stage in a fresh interpreter (its arguments
+    None, so it stops right after its imports) and compare the giblet modules Python really loaded."""
+    script = """
+import inspect, json, sys
+from giblet import stages
+name = sys.argv[1]
+before = set(sys.modules)
+func = stages.STAGES[name]
+try:
+    func(**{p: None for p, spec in inspect.signature(func).parameters.items() if spec.default is spec.empty})
+except Exception:
+    pass
+print(json.dumps(sorted(m for m in set(sys.modules) - before if m.startswith("giblet"))))
+"""
+    for name in ("fmri_mask", "plan_split", "training_summary", "verify_checkpoint", "extract_frames"):
+        result = subprocess.run([sys.executable, "-c", script, name], capture_output=True, text=True, cwd=REPO,
+                                timeout=120)
+        loaded = json.loads(result.stdout.strip().splitlines()[-1])
+        files = {str(p.relative_to(PACKAGE_ROOT)) for p in stage_files(name)}
+        for module in loaded:
+            parts = module.split(".")[1:]
+            candidates = {"/".join(parts) + ".py", "/".join(parts + ["__init__.py"])}
+            assert candidates & files, f"{name} loaded {module}, which its code hash misses"
+
+
+@pytest.mark.parametrize("overrides", [[], ["fmri.mask=masks/brain.nii.gz", "stimulus.audio.enabled=false",
+                                            "fmri.normalize_on=all", "evaluate.lesion_regions={v1: v1.nii.gz}"]])
+def test_each_stage_takes_exactly_its_rule_files_and_params(overrides):
+    """The Snakefile and the giblet command both build a stage's keywords from giblet.rules: they must
+    be the stage function's keywords, no more and no fewer."""
+    config = load_config(None, overrides)
+    extras = {"threads", "gpus", "train_config", "progress"}
+    for name, func in stages.STAGES.items():
+        keywords = set(inspect.signature(func).parameters) - extras
+        subject = "01" if name == "normalize_fmri" else None
+        inputs = rules.inputs(name, config, subject)
+        given = [*inputs, *rules.outputs(name, config), *rules.params(name, config)]
+        assert len(given) == len(set(given)), f"{name}: a file and a param share a name"
+        assert set(given) == keywords, name
+
+
+def test_every_rule_runs_its_stage_through_the_one_script():
+    smk = "\n".join(p.read_text() for p in sorted((REPO / "workflow" / "rules").glob("*.smk")))
+    declared = {line.split()[1].rstrip(":") for line in smk.splitlines()
+                if line.startswith(("rule ", "checkpoint "))}
+    assert declared == set(stages.STAGES)
+    assert smk.count("    script:\n        STAGE_SCRIPT\n") == len(stages.STAGES)
+    assert [p.name for p in (REPO / "workflow" / "scripts").iterdir()] == ["stage.py"]
+    assert "source_hash" not in smk and Path(giblet.__file__).parent == PACKAGE_ROOT
