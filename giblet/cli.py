@@ -43,10 +43,15 @@ def _run_stage(rule: str, config: dict, args: argparse.Namespace, subject: str |
     config), but for the paths given on the command line; print where its first output went."""
     import os
 
-    from giblet import stages
+    from giblet import rules, stages
 
     arguments = stages.arguments(rule, config, subject)
     arguments.update({key: str(value) for key, value in paths.items() if value and key in arguments})
+    for key in rules.inputs(rule, config, subject):
+        for path in arguments[key] if isinstance(arguments[key], list) else [arguments[key]]:
+            if not Path(path).exists():
+                raise InputError(path, f"missing: {rule} reads it ({key}); run the stage that writes it first, "
+                                       "or `snakemake` to run every stage needed")
     # As the rules reserve them: training its train.gpus, a stage with a device setting one GPU unless 'cpu'.
     device = arguments.get("device") or arguments.get("settings", {}).get("device")
     gpus = config["train"]["gpus"] if rule == "train" else int(device not in (None, "cpu"))

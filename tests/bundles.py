@@ -56,6 +56,11 @@ def write_bundle(root: Path, n_voxels: int, make_fmri=random_fmri, *, zscore: bo
                         ("group", fmri.astype(np.float32))):
         np.save(root / f"{name}.npy", array)
     write_sidecar(root / "audio_codes.npy", codes, {}, {}, models={"encodec": {"codebook_size": 64}})
+    # embed_text's annotation library beside text.npy (the text reconstructions name their nearest one).
+    index = np.full(mask.shape, -1, np.int32)
+    index[mask] = np.arange(mask.sum())
+    np.savez(root / "text_annotations.npz", texts=np.array([f"annotation {t}.{s}" for t, s in zip(*np.nonzero(mask))]),
+             embeddings=text[mask], index=index, onset=np.zeros(mask.sum()), offset=np.ones(mask.sum()))
     affine = np.eye(4) if affine is None else affine
     nib.save(nib.Nifti1Image(np.ones((n_voxels, 1, 1), np.uint8), affine), root / "mask.nii.gz")
     split_params = load_config(None, ["split.lag_trs=4", f"split.fractions={fractions}"])["split"]

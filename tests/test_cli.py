@@ -63,6 +63,8 @@ def test_inverse_commands_on_generated_stimulus(tmp_path):
 
 def test_train_and_evaluate_commands_fail_clearly(tmp_path):
     """Asking for GPUs that are not there, or evaluating a model that is not there: exit 2, one line."""
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "manifest.json").write_text("{}")  # there, so the GPU check is what fails
     result = run_giblet("train", "--set", "train.gpus=2", "--set", f"results_dir={tmp_path}",
                         env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""})
     assert result.returncode == 2 and "train.gpus is 2 but this job sees 0 GPU(s)" in result.stderr
@@ -70,3 +72,43 @@ def test_train_and_evaluate_commands_fail_clearly(tmp_path):
     result = run_giblet("evaluate", "--model", str(missing), "--set", f"results_dir={tmp_path}")
     assert result.returncode == 2 and str(missing) in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "evaluate" / "verify.json").exists()
+
+
+def test_train_then_evaluate_real_data_without_lesion_masks(tmp_path):
+    """A bundle without the demo's truth.npz is real data: `giblet evaluate` must run every evaluation
+    stage, the lesion one with the intact decoding only, exactly as the Snakemake rules do."""
+    import json
+
+    import numpy as np
+
+    from tests.bundles import write_bundle
+
+    root = tmp_path / "bundle"
+    root.mkdir()
+    ceiling = np.linspace(0.1, 0.9, 24).astype(np.float32)
+    np.savez(root / "ceiling.npz", group=ceiling, isc=ceiling**2)
+    manifest = write_bundle(root, 24, ceiling=root / "ceiling.npz")
+    overrides = [f"results_dir={tmp_path / 'results'}", "train.preset=tiny", "train.epochs=1", "train.batch_size=4",
+                 "train.device=cpu", "evaluate.device=cpu", "evaluate.null_shifts=5", "evaluate.examples=2"]
+    sets = [arg for item in overrides for arg in ("--set", item)]
+    trained = run_giblet("train", "--manifest", str(manifest), *sets)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    evaluated = run_giblet("evaluate", "--manifest", str(manifest), *sets)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    out = tmp_path / "results" / "evaluate"
+    lesion = json.loads((out / "lesion.json").read_text())
+    assert lesion["regions"] == {} and (out / "lesion.png").stat().st_size > 0
+    assert json.loads((out / "verify.json").read_text())["ok"] is True
+    metrics = json.loads((out / "metrics" / "metrics.json").read_text())
+    assert metrics["ceiling"]["source"] == "ISC estimate" and metrics["n_test"] > 0
+    assert {p.name for p in out.iterdir()} >= {"ridge.json", "weights.json", "training.png", "reconstructions"}
+
+
+def test_every_stage_is_a_command_with_the_rule_arguments(tmp_path):
+    """`giblet stage RULE` offers every rule's stage; its errors name the file, exit 2, no traceback."""
+    listed = run_giblet("stage", "--help")
+    from giblet.stages import STAGES
+
+    assert all(name in listed.stdout for name in STAGES)
+    missing = run_giblet("stage", "plan_split", "--set", f"results_dir={tmp_path}")
+    assert missing.returncode == 2 and "fmri.json" in missing.stderr and "Traceback" not in missing.stderr
