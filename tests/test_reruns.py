@@ -277,3 +277,20 @@ def test_an_added_subject_reruns_the_fmri_stages_and_joins_the_group(project, fi
     assert info["subjects"] == ["01", "02", "03"]
     assert np.load(project / "results" / "fmri" / "ceiling.npz")["n_subjects"] == 3
     assert (project / "results" / "fmri" / "sub-03_z.npy").exists()
+
+
+@pytest.mark.slow
+def test_a_corrupt_bold_fails_its_stage_with_the_error_in_the_rule_log(project, finished):
+    """Bad input: the job fails naming the file, in the rule's log (message, then traceback: where SLURM
+    users look) as well as on the console; no temporary files stay behind; the other inputs are intact."""
+    bold = project / "data" / "sub-02_bold.nii.gz"
+    bold.write_bytes(b"not a NIfTI at all")
+    untouched = digest(project / "data" / "sub-01_bold.nii.gz")
+    result = snakemake(project, TARGET, "--configfile", finished["config"])
+    assert result.returncode != 0
+    log = (project / "results" / "logs" / "fmri_mask.log").read_text()
+    message = next(line for line in log.splitlines() if "fmri_mask failed" in line)
+    assert "data/sub-02_bold.nii.gz" in message and "Traceback (most recent call last)" in log
+    assert "data/sub-02_bold.nii.gz" in result.stderr and "fmri_mask failed" in result.stderr
+    assert not [p for p in (project / "results").rglob("*") if ".tmp" in p.name]
+    assert digest(project / "data" / "sub-01_bold.nii.gz") == untouched
