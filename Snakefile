@@ -20,6 +20,16 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 
 
+# Seconds of work each: on a cluster they run in the Snakemake process itself instead of waiting in
+# the queue for an allocation (profiles/README.md says why each is here).
+localrules:
+    all,
+    plan_split,
+    verify_checkpoint,
+    examine_weights,
+    training_summary,
+
+
 rule all:
     default_target: True
     input:

@@ -25,13 +25,15 @@ SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/
 
 
 def local_cluster_profile(workdir: Path) -> str:
-    """profiles/slurm as shipped, with only the site keys a lab edits changed for this cluster."""
+    """profiles/slurm as shipped, with only the site keys a lab edits changed for this cluster: its one
+    partition (with the fake GPU), and memory and time caps that fit this small machine."""
+    from giblet.stages import STAGES
+
     profile = yaml.safe_load((workdir / "profiles" / "slurm" / "config.yaml").read_text())
-    profile["default-resources"] = {"slurm_partition": "debug", "runtime": 10, "mem_mb": 1000}
-    for resources in profile["set-resources"].values():
-        resources.update(slurm_partition="debug", mem_mb=1500, runtime=10)
-        if "cpus_per_gpu" in resources:
-            resources["cpus_per_gpu"] = 1
+    partitions = {"partitions": {"debug": {"max_runtime": 60, "max_gpu": 1, "max_mem_mb": 8000}}}
+    (workdir / "profiles" / "slurm" / "partitions.yaml").write_text(yaml.safe_dump(partitions))
+    for rule in STAGES:
+        profile["set-resources"].setdefault(rule, {}).update(mem_mb=1500, runtime=10)
     profile["set-resources"]["train"]["runtime"] = 30  # longer than the USR1 lead time (600 s)
     profile.update({"jobs": 4, "max-threads": 2, "latency-wait": 5,
                     # no slurmdbd here: sacct cannot answer, squeue can
@@ -83,18 +85,21 @@ def test_demo_on_slurm_every_job_submitted_and_training_resumes_after_a_signal(s
     output = log_path.read_text()
     assert run.returncode == 0, output[-4000:]
 
-    # Every job but the target rule went through sbatch, and SLURM saw each one end.
+    # Every job but the local rules (seconds of work) went through sbatch, and SLURM saw each one end.
     submitted = [(int(job), rule) for job, rule in SUBMITTED.findall(output)]
     rules = sorted(rule for _, rule in submitted)
-    assert rules == sorted(["demo_dataset", "extract_frames", "embed_text", "fmri_mask", "plan_split",
+    assert rules == sorted(["demo_dataset", "extract_frames", "embed_text", "fmri_mask",
                             "normalize_fmri", "normalize_fmri", "normalize_fmri", "average_fmri",
-                            "assemble_dataset", "train", "train", "baseline_ridge", "verify_checkpoint",
-                            "examine_weights", "evaluate", "plot_reconstructions", "lesion", "training_summary"])
+                            "assemble_dataset", "train", "train", "baseline_ridge",
+                            "evaluate", "plot_reconstructions", "lesion"])
+    assert (workflow_copy / "results" / "evaluate" / "training.png").exists()  # made by a local rule
     # The profile's cluster options reached sbatch (--verbose logs each call).
     calls = {re.search(r"--comment '?rule_(\w+?)(?:_wildcards\S*)?'? ", call).group(1): call
              for call in re.findall(r"sbatch call: (.+)", output)}
     assert "--signal=USR1@600" in calls["train"] and "--requeue" in calls["train"]
     assert "--gpus=1" in calls["embed_text"] and "--gpus" not in calls["extract_frames"]
+    assert "-p debug" in calls["embed_text"] and "-p debug" in calls["train"]  # chosen from partitions.yaml
+    assert "--mem" in calls["fmri_mask"] and "-t 10" in calls["fmri_mask"].replace("'", ""), calls["fmri_mask"]
     states = finished_jobs(slurm_cluster["root"])
     train_jobs = [job for job, rule in submitted if rule == "train"]
     assert [states[job] for job in train_jobs] == ["FAILED", "COMPLETED"]  # exit 75, then the resubmission

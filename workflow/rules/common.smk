@@ -1,5 +1,6 @@
 # Shared set-up: config validation, and each rule's files, params and code version from the package.
 from giblet import paths
+from giblet import resources as stage_requests
 from giblet import rules as stage_rules
 from giblet.code_hash import stage_code_hash
 from giblet.config import validate_config
@@ -10,6 +11,8 @@ validate_config(config)
 
 RESULTS = config["results_dir"]
 LOGS = f"{RESULTS}/logs"
+BENCHMARKS = f"{RESULTS}/benchmarks"  # Snakemake's own per-job measurements (time, memory, I/O)
+DATA_SIZE = stage_requests.data_size(config)
 # Every rule runs its stage (giblet.stages, the function of the rule's name) through this script.
 STAGE_SCRIPT = "../scripts/stage.py"
 
@@ -52,12 +55,11 @@ def final_targets():
     return [str(p) for p in [paths.train(config)["model"], *outputs]]
 
 
-def gpu_resources(count):
-    """A rule's GPUs under both names: `gpus` for local scheduling (`--resources gpus=N` caps it) and
-    `gpu`, the only name the SLURM executor turns into `--gpus`."""
-    return {"gpus": count, "gpu": count}
+def stage_resources(rule_name):
+    """What the rule's job asks for (memory, minutes, GPUs), computed from the data's size and the
+    config (giblet/resources.py); the SLURM profile adds only partitions and the account."""
+    return stage_requests.resources(rule_name, config, DATA_SIZE)
 
 
-def gpus_for(device):
-    """A rule whose model can run on a GPU reserves one unless told `cpu`."""
-    return 0 if device == "cpu" else 1
+def stage_threads(rule_name):
+    return stage_requests.threads(rule_name, config)

@@ -11,6 +11,11 @@ rule plan_split:
         **stage_outputs("plan_split"),
     params:
         **stage_params("plan_split"),
+    threads: stage_threads("plan_split")
+    resources:
+        **stage_resources("plan_split"),
+    benchmark:
+        f"{BENCHMARKS}/plan_split.tsv"
     log:
         f"{LOGS}/plan_split.log",
     script:
@@ -25,6 +30,11 @@ rule assemble_dataset:
         **stage_outputs("assemble_dataset"),
     params:
         **stage_params("assemble_dataset"),
+    threads: stage_threads("assemble_dataset")
+    resources:
+        **stage_resources("assemble_dataset"),
+    benchmark:
+        f"{BENCHMARKS}/assemble_dataset.tsv"
     log:
         f"{LOGS}/assemble_dataset.log",
     script:

@@ -11,6 +11,11 @@ rule verify_checkpoint:
         **stage_outputs("verify_checkpoint"),
     params:
         **stage_params("verify_checkpoint"),
+    threads: stage_threads("verify_checkpoint")
+    resources:
+        **stage_resources("verify_checkpoint"),
+    benchmark:
+        f"{BENCHMARKS}/verify_checkpoint.tsv"
     log:
         f"{LOGS}/verify_checkpoint.log",
     script:
@@ -25,6 +30,11 @@ rule examine_weights:
         **stage_outputs("examine_weights", png=figure("weights.rst", "Model")),
     params:
         **stage_params("examine_weights"),
+    threads: stage_threads("examine_weights")
+    resources:
+        **stage_resources("examine_weights"),
+    benchmark:
+        f"{BENCHMARKS}/examine_weights.tsv"
     log:
         f"{LOGS}/examine_weights.log",
     script:
@@ -40,8 +50,11 @@ rule evaluate:
         **stage_outputs("evaluate", png=figure("r_map.rst", "Brain prediction")),
     params:
         **stage_params("evaluate"),
+    threads: stage_threads("evaluate")
     resources:
-        **gpu_resources(gpus_for(config["evaluate"]["device"])),
+        **stage_resources("evaluate"),
+    benchmark:
+        f"{BENCHMARKS}/evaluate.tsv"
     log:
         f"{LOGS}/evaluate.log",
     script:
@@ -57,6 +70,11 @@ rule baseline_ridge:
         **stage_outputs("baseline_ridge"),
     params:
         **stage_params("baseline_ridge"),
+    threads: stage_threads("baseline_ridge")
+    resources:
+        **stage_resources("baseline_ridge"),
+    benchmark:
+        f"{BENCHMARKS}/baseline_ridge.tsv"
     log:
         f"{LOGS}/baseline_ridge.log",
     script:
@@ -71,8 +89,11 @@ rule plot_reconstructions:
         **stage_outputs("plot_reconstructions", figures=figure("reconstructions.rst", "Reconstructions")),
     params:
         **stage_params("plot_reconstructions"),
+    threads: stage_threads("plot_reconstructions")
     resources:
-        **gpu_resources(gpus_for(config["evaluate"]["device"])),
+        **stage_resources("plot_reconstructions"),
+    benchmark:
+        f"{BENCHMARKS}/plot_reconstructions.tsv"
     log:
         f"{LOGS}/plot_reconstructions.log",
     script:
@@ -87,8 +108,11 @@ rule lesion:
         **stage_outputs("lesion", png=figure("lesion.rst", "Lesions")),
     params:
         **stage_params("lesion"),
+    threads: stage_threads("lesion")
     resources:
-        **gpu_resources(gpus_for(config["evaluate"]["device"])),
+        **stage_resources("lesion"),
+    benchmark:
+        f"{BENCHMARKS}/lesion.tsv"
     log:
         f"{LOGS}/lesion.log",
     script:
@@ -103,6 +127,11 @@ rule training_summary:
         **stage_outputs("training_summary", png=figure("training.rst", "Training")),
     params:
         **stage_params("training_summary"),
+    threads: stage_threads("training_summary")
+    resources:
+        **stage_resources("training_summary"),
+    benchmark:
+        f"{BENCHMARKS}/training_summary.tsv"
     log:
         f"{LOGS}/training_summary.log",
     script:

@@ -14,6 +14,11 @@ rule fmri_mask:
         **stage_outputs("fmri_mask"),
     params:
         **stage_params("fmri_mask"),
+    threads: stage_threads("fmri_mask")
+    resources:
+        **stage_resources("fmri_mask"),
+    benchmark:
+        f"{BENCHMARKS}/fmri_mask.tsv"
     log:
         f"{LOGS}/fmri_mask.log",
     script:
@@ -29,6 +34,11 @@ rule normalize_fmri:
         **stage_outputs("normalize_fmri"),
     params:
         **stage_params("normalize_fmri"),
+    threads: stage_threads("normalize_fmri")
+    resources:
+        **stage_resources("normalize_fmri"),
+    benchmark:
+        f"{BENCHMARKS}/normalize_fmri/sub-{{subject}}.tsv"
     log:
         f"{LOGS}/normalize_fmri/sub-{{subject}}.log",
     script:
@@ -44,6 +54,11 @@ rule average_fmri:
         **stage_outputs("average_fmri"),
     params:
         **stage_params("average_fmri"),
+    threads: stage_threads("average_fmri")
+    resources:
+        **stage_resources("average_fmri"),
+    benchmark:
+        f"{BENCHMARKS}/average_fmri.tsv"
     log:
         f"{LOGS}/average_fmri.log",
     script:

@@ -10,7 +10,11 @@ rule extract_frames:
         **stage_outputs("extract_frames"),
     params:
         **stage_params("extract_frames"),
-    threads: 2
+    threads: stage_threads("extract_frames")
+    resources:
+        **stage_resources("extract_frames"),
+    benchmark:
+        f"{BENCHMARKS}/extract_frames.tsv"
     log:
         f"{LOGS}/extract_frames.log",
     script:
@@ -25,9 +29,11 @@ rule encode_audio:
         **stage_outputs("encode_audio"),
     params:
         **stage_params("encode_audio"),
-    threads: 4
+    threads: stage_threads("encode_audio")
     resources:
-        **gpu_resources(gpus_for(config["stimulus"]["audio"]["device"])),
+        **stage_resources("encode_audio"),
+    benchmark:
+        f"{BENCHMARKS}/encode_audio.tsv"
     log:
         f"{LOGS}/encode_audio.log",
     script:
@@ -42,9 +48,11 @@ rule embed_text:
         **stage_outputs("embed_text"),
     params:
         **stage_params("embed_text"),
-    threads: 4
+    threads: stage_threads("embed_text")
     resources:
-        **gpu_resources(gpus_for(config["stimulus"]["text"]["device"])),
+        **stage_resources("embed_text"),
+    benchmark:
+        f"{BENCHMARKS}/embed_text.tsv"
     log:
         f"{LOGS}/embed_text.log",
     script:

@@ -15,9 +15,12 @@ rule train:
         **stage_outputs("train", tensorboard=directory),
     params:
         **stage_params("train"),
-    resources:
-        **gpu_resources(config["train"]["gpus"]),  # one torchrun process per GPU granted
     retries: 0 if workflow.remote_exec else config["train"]["restarts"]
+    threads: stage_threads("train")
+    resources:
+        **stage_resources("train"),
+    benchmark:
+        f"{BENCHMARKS}/train.tsv"
     log:
         f"{LOGS}/train.log",
     script:
