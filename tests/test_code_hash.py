@@ -130,3 +130,10 @@ def test_every_rule_runs_its_stage_through_the_one_script():
     assert smk.count("    script:\n        STAGE_SCRIPT\n") == len(stages.STAGES)
     assert [p.name for p in (REPO / "workflow" / "scripts").iterdir()] == ["stage.py"]
     assert "source_hash" not in smk and Path(giblet.__file__).parent == PACKAGE_ROOT
+
+
+def test_the_rules_know_the_mask_methods_the_mask_stage_knows():
+    """fmri.mask is a file input unless it names a method: the two lists must agree."""
+    from giblet.fmri.mask import METHODS
+
+    assert rules.FMRI_MASK_METHODS == METHODS
