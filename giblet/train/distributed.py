@@ -58,6 +58,12 @@ def from_rank0(flag: bool, device: str) -> bool:
     return bool(t.item())
 
 
+def barrier(device: str) -> None:
+    """Wait until every rank gets here (an all-reduce, which NCCL and gloo both do on ``device``)."""
+    if active():
+        dist.all_reduce(torch.zeros(1, device=device))
+
+
 def gather_objects(obj) -> list:
     """Every rank's ``obj``, in rank order (a one-element list in a world of one)."""
     if not active():

@@ -4,15 +4,25 @@ Snakemake schedules the job with ``resources: gpus=N`` but never sets ``CUDA_VIS
 the GPUs this job may use are whatever the environment makes visible (SLURM sets it for allocated
 GPUs; on a shared server set it yourself). The check below turns "fewer GPUs than requested" into a
 clear error before any process starts.
+
+With ``train.nodes`` > 1 the job must be a SLURM allocation of that many nodes: ``srun`` starts one
+task per node, each task a torchrun agent (``python -m giblet.train.launch``, torchrun's own
+arguments) with ``train.gpus`` processes, and the agents meet in a c10d rendezvous on the first
+node. That agent is torchrun plus two things plain torchrun lacks: a stop signal (USR1 before a
+time limit, TERM, INT) is passed to its workers and the agent waits for their checkpoint instead of
+killing them after 30 s, and it exits 75 when its workers did, so srun (and the job) end with 75.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from giblet.config import ConfigError
@@ -56,13 +66,101 @@ def training_command(manifest: str, out_dir: str, params: dict, gpus: int) -> li
             manifest, out_dir, "--params", json.dumps(params)]
 
 
+# The c10d rendezvous listens on the first node at RDZV_PORT + (job ID mod 1000), so two jobs that share
+# a node rarely collide; GIBLET_RDZV_PORT in the environment overrides it.
+RDZV_PORT = 29400
+# Signals a stop: the trainer saves at the next step and exits 75 (giblet.train.loop.StopFlag).
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """The SLURM job a multi-node training runs in."""
+
+    job_id: str
+    hosts: tuple[str, ...]
+    cpus_per_node: int
+
+
+def rendezvous_port(job_id: str, env=os.environ) -> int:
+    if env.get("GIBLET_RDZV_PORT"):
+        return int(env["GIBLET_RDZV_PORT"])
+    digits = "".join(c for c in job_id if c.isdigit()) or "0"
+    return RDZV_PORT + int(digits) % 1000
+
+
+def _scontrol(*args: str) -> str:
+    try:
+        return subprocess.run(["scontrol", *args], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as error:
+        raise ConfigError(f"train.nodes > 1 needs SLURM's scontrol, and `scontrol {' '.join(args)}` failed: "
+                          f"{getattr(error, 'stderr', '') or error}") from error
+
+
+def slurm_allocation(nodes: int, env=os.environ, scontrol=_scontrol) -> Allocation:
+    """The job's nodes (``scontrol show hostnames``) and CPUs per node, checked against ``train.nodes``.
+
+    Asks ``scontrol show job`` rather than reading SLURM_JOB_NODELIST: Snakemake's SLURM job step
+    removes every SLURM_ variable but the job ID before it starts a rule.
+    """
+    job_id = env.get("SLURM_JOB_ID")
+    if not job_id:
+        raise ConfigError(
+            f"train.nodes is {nodes} but this is not a SLURM job (SLURM_JOB_ID is not set): training on "
+            "several nodes runs under SLURM (profiles/README.md, Multi-node training). Set train.nodes: 1 "
+            "to train on this machine")
+    fields = dict(token.split("=", 1) for token in scontrol("show", "job", "--oneliner", job_id).split()
+                  if "=" in token)
+    hosts = tuple(scontrol("show", "hostnames", fields.get("NodeList", "")).split())
+    if len(hosts) != nodes:
+        raise ConfigError(
+            f"train.nodes is {nodes} but SLURM job {job_id} has {len(hosts)} node(s) "
+            f"({fields.get('NodeList')}): the train rule must request nodes={nodes}")
+    return Allocation(job_id, hosts, max(1, int(fields.get("NumCPUs", len(hosts))) // len(hosts)))
+
+
+def node_command(manifest: str, out_dir: str, params: dict, nodes: int, nproc: int, endpoint: str,
+                 rdzv_id: str) -> list[str]:
+    """What runs on each node: a torchrun agent (this module) starting ``nproc`` training processes,
+    meeting the other nodes' agents at the c10d rendezvous ``endpoint`` (host:port)."""
+    return [sys.executable, "-m", "giblet.train.launch", f"--nnodes={nodes}", f"--nproc-per-node={nproc}",
+            "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", f"--rdzv-id={rdzv_id}",
+            # torchrun keeps these; the stop signals are the agent's own (agent() below)
+            "--signals-to-handle=SIGHUP,SIGQUIT",
+            "-m", "giblet.train", manifest, out_dir, "--params", json.dumps(params)]
+
+
+def multinode_command(manifest: str, out_dir: str, params: dict, nodes: int, gpus: int,
+                      allocation: Allocation, port: int) -> list[str]:
+    """``srun`` over the job's nodes, one task (a torchrun agent) per node with all its CPUs and
+    ``gpus`` GPUs. ``--overlap``: the step may share the node with Snakemake's own job step."""
+    # c10d ranks nodes by host name, so the rendezvous (and its store) lives with rank 0's node.
+    endpoint = f"{min(allocation.hosts)}:{port}"
+    srun = ["srun", f"--nodes={nodes}", f"--ntasks={nodes}", "--ntasks-per-node=1", "--overlap",
+            "--kill-on-bad-exit=0", f"--cpus-per-task={allocation.cpus_per_node}",
+            *([f"--gres=gpu:{gpus}"] if gpus else [])]
+    return srun + node_command(manifest, out_dir, params, nodes, max(gpus, 1), endpoint, allocation.job_id)
+
+
+@contextlib.contextmanager
+def _left_to_srun():
+    """While srun runs: a stop signal that reaches this process is srun's to forward (SLURM signals
+    the step's every process itself), not a reason to die and orphan the training."""
+    previous = {s: signal.signal(s, lambda signum, frame: None) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def launch(manifest: str, out_dir: str, params: dict) -> int:
     """Train (or resume) as ``params["gpus"]`` says; returns the exit status (0, or 75 after a signal)."""
     import torch
 
     from giblet.train.loop import train
 
-    gpus = int(params.get("gpus", 0))
+    gpus, nodes = int(params.get("gpus", 0)), int(params.get("nodes", 1))
     if gpus == 0:
         if params.get("device", "auto") == "cuda":
             raise ConfigError("train.device is 'cuda' but train.gpus is 0: request GPUs with train.gpus")
@@ -72,8 +170,81 @@ def launch(manifest: str, out_dir: str, params: dict) -> int:
             raise ConfigError(f"train.gpus is {gpus} but train.device is 'cpu'")
         check_gpus(gpus, torch.cuda.device_count())
         params = {**params, "device": "cuda"}
+    if nodes > 1:
+        allocation = slurm_allocation(nodes)
+        command = multinode_command(manifest, out_dir, params, nodes, gpus, allocation,
+                                    rendezvous_port(allocation.job_id))
+        log.info("starting %d nodes x %d processes: %s", nodes, max(gpus, 1), " ".join(command[:-2]))
+        with _left_to_srun():
+            return subprocess.run(command).returncode
     command = training_command(manifest, out_dir, params, gpus)
     if command is None:
         return train(manifest, out_dir, params)
     log.info("starting %d processes: %s", gpus, " ".join(command[:4]))
     return subprocess.run(command).returncode
+
+
+def _workers(agent_pid: int) -> list[int]:
+    """The agent's child processes: its training workers (torchrun starts each in its own session, so
+    a signal to the agent's process group never reaches them)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == agent_pid:
+                children.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+    return children
+
+
+def _forward_stop_signals() -> None:
+    """USR1/TERM/INT: pass the signal to the workers (they save at the next step and exit 75) and keep
+    waiting. A second TERM or INT, or a stop before any worker started, ends the agent torchrun's way
+    (TERM to the workers, SIGKILL after its shutdown timeout)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    forwarded: list[int] = []
+
+    def handle(signum, frame):
+        workers = _workers(os.getpid())
+        if not workers or (forwarded and signum != signal.SIGUSR1):
+            raise SignalException(f"agent {os.getpid()} got {signal.Signals(signum).name}",
+                                  sigval=signal.Signals(signum))
+        forwarded.append(signum)
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    for s in STOP_SIGNALS:
+        signal.signal(s, handle)
+
+
+def agent(argv: list[str]) -> int:
+    """One node's torchrun agent (``argv``: torchrun's arguments). Returns 0, EXIT_RESUME when its
+    workers saved after a stop signal, 1 when they failed otherwise, 128 + signal when it was stopped
+    the hard way."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    from giblet.train.loop import EXIT_RESUME
+
+    args = get_args_parser().parse_args(argv)
+    _forward_stop_signals()
+    try:
+        run(args)
+    except ChildFailedError as error:
+        codes = {failure.exitcode for failure in error.failures.values()}
+        log.log(logging.INFO if codes == {EXIT_RESUME} else logging.ERROR, "training processes exited with %s",
+                sorted(codes))
+        return EXIT_RESUME if codes == {EXIT_RESUME} else 1
+    except SignalException as error:
+        return 128 + error.sigval
+    return 0
+
+
+if __name__ == "__main__":
+    from giblet.logs import setup_logging
+
+    setup_logging()
+    sys.exit(agent(sys.argv[1:]))

@@ -6,8 +6,9 @@ history. A run killed at any moment and rerun continues from the last checkpoint
 uninterrupted run exactly (tests/test_train.py compares with ``torch.equal``).
 
 SIGINT, SIGTERM and SIGUSR1 only raise a flag. At the next optimizer step the ranks agree on it
-(all-reduce MAX), save, and exit with EXIT_RESUME, so Snakemake's ``retries:`` or a SLURM requeue
-(``--signal=USR1@<seconds>``) resumes the run.
+(all-reduce MAX: a signal that reached any rank, on any node, stops all of them at the same step),
+rank 0 saves once, every rank waits for that save, and all exit with EXIT_RESUME, so Snakemake's
+``retries:`` or a SLURM requeue (``--signal=USR1@<seconds>``) resumes the run.
 """
 
 from __future__ import annotations
@@ -274,6 +275,9 @@ class Trainer:
                 log.warning("signal %s: saving at step %d and exiting with %d so a rerun resumes",
                             stop.raised, self.step, EXIT_RESUME)
                 self.save()
+                # Only rank 0 writes; the others wait for it, so no rank exits (and no node's agent
+                # ends, taking the rendezvous store or srun's step with it) before the checkpoint is whole.
+                dist.barrier(self.device)
                 return False
             if dist.from_rank0(self.checkpoints.should_save(self.step), self.device):
                 self.save()

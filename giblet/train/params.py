@@ -8,10 +8,11 @@ a learning key changes). Kept free of heavy imports: the Snakefile reads it at e
 from __future__ import annotations
 
 # Keys that do not change the learned weights. Editing one resumes (or leaves a finished model alone)
-# instead of starting over. `gpus` is here because a checkpoint records its world size and refuses,
-# with a clear message, to resume under another; the rule still reruns when `gpus` changes.
+# instead of starting over. `gpus` and `nodes` are here because a checkpoint records its world size
+# (nodes x gpus processes) and refuses, with a clear message, to resume under another; the rule still
+# reruns when either changes.
 RUN_KEYS = ("checkpoint", "device", "hold_on_device", "tensorboard_every_steps", "histogram_every_steps",
-            "gpus", "restarts")
+            "gpus", "nodes", "restarts")
 
 
 def learning_params(train: dict) -> dict:
@@ -20,5 +21,8 @@ def learning_params(train: dict) -> dict:
 
 
 def rule_params(train: dict) -> dict:
-    """What the ``train`` rule's staleness depends on: the learning keys and the GPU count."""
-    return {**learning_params(train), "gpus": train["gpus"]}
+    """What the ``train`` rule's staleness depends on: the learning keys and the world size (the GPU
+    count, and the node count when it is not 1: single-node configs keep the params they always had,
+    so adding the key reruns nothing)."""
+    nodes = train.get("nodes", 1)
+    return {**learning_params(train), "gpus": train["gpus"], **({"nodes": nodes} if nodes != 1 else {})}
