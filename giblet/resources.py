@@ -138,17 +138,31 @@ def resources(rule: str, config: dict, size: DataSize | None = None) -> dict:
     }
     request = table[rule]()
     gpus = request.pop("gpus", 0)
-    request.update({"gpus": gpus, "gpu": gpus})
+    # `gpus` schedules locally (--resources gpus=N); `gpu` becomes SLURM's --gpus, a job total, which
+    # a multi-node job replaces by a per-node `gres`.
+    request.update({"gpus": gpus, "gpu": 0 if "gres" in request else gpus})
     return request
 
 
 def _train(train: dict, dataset_mb: float) -> dict:
     """Training: each process holds the data set; a GPU job asks for exactly ``train.gpus`` GPUs with
     CPUs beside each for loading, a CPU job for CPUs only. The time is one SLURM allocation: a job
-    stopped at its limit saves, exits 75, and its resubmission resumes (``--signal=USR1@600``)."""
-    processes = max(1, train["gpus"])
-    request = {"mem_mb": _mb(4000 * processes, 2 * processes * dataset_mb), "runtime": 2880, "gpus": train["gpus"]}
-    if train["gpus"]:
+    stopped at its limit saves, exits 75, and its resubmission resumes (``--signal=USR1@600``).
+
+    With ``train.nodes`` N > 1: one job of N nodes, one task per node (an agent that starts
+    ``train.gpus`` processes, :mod:`giblet.train.launch`), ``train.gpus`` GPUs on each node (``gres``,
+    per node, not ``--gpus``, a total SLURM may spread unevenly), and ``mem_mb`` per node. ``mpi:
+    srun`` makes the SLURM plugin run the rule in the batch script, so giblet's own ``srun`` gets
+    every node; ``tasks_per_gpu: 0`` keeps the plugin from adding ``--ntasks-per-gpu``."""
+    gpus, nodes = train["gpus"], train["nodes"]
+    processes = max(1, gpus)
+    request = {"mem_mb": _mb(4000 * processes, 2 * processes * dataset_mb), "runtime": 2880, "gpus": gpus}
+    if nodes > 1:
+        request.update(nodes=nodes, mpi="srun", tasks=nodes, tasks_per_gpu=0,
+                       cpus_per_task=CPUS_PER_GPU * gpus if gpus else 4)
+        if gpus:
+            request["gres"] = f"gpu:{gpus}"
+    elif gpus:
         request["cpus_per_gpu"] = CPUS_PER_GPU
     return request
 

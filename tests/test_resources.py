@@ -67,6 +67,10 @@ def test_requests_grow_with_the_data_and_gpus_are_exactly_train_gpus(sherlock_co
     cpu_train = R.resources("train", demo, small)
     assert demo["train"]["gpus"] == 0 and cpu_train["gpu"] == 0 and "cpus_per_gpu" not in cpu_train
     assert R.threads("train", demo) > 1 and R.threads("train", sherlock_config) == 1
+    # Several nodes: one task per node, the GPUs per node as gres (not --gpus), memory per node.
+    nodes = R.resources("train", {**sherlock_config, "train": {**sherlock_config["train"], "nodes": 4}}, large)
+    assert (nodes["nodes"], nodes["tasks"], nodes["mpi"], nodes["gres"], nodes["gpu"]) == (4, 4, "srun", "gpu:8", 0)
+    assert nodes["mem_mb"] == gpu_train["mem_mb"] and nodes["cpus_per_task"] == 64 and nodes["gpus"] == 8
     # A stage told to use the CPU asks for no GPU.
     assert R.resources("embed_text", load_config(None, ["stimulus.text.device=cpu"]), small)["gpu"] == 0
 
@@ -91,6 +95,9 @@ def test_no_job_without_gpus_lands_on_a_gpu_partition(which, sherlock_config):
         chosen[rule] = get_best_partition(partitions, fake_job(rule, request, R.threads(rule, config)), logger)
         assert chosen[rule] == ("gpu" if request["gpu"] else "cpu"), (rule, request)
     assert chosen["train"] == ("cpu" if config["train"]["gpus"] == 0 else "gpu")
+    if config["train"]["gpus"]:  # its GPUs as per-node gres on several nodes: still a GPU partition
+        request = R.resources("train", {**config, "train": {**config["train"], "nodes": 2}}, size)
+        assert get_best_partition(partitions, fake_job("train", request, 1), logger) == "gpu"
 
 
 def dry_run_requests(result) -> dict:
