@@ -45,7 +45,8 @@ def run_training(manifest: Path, out: Path, params=PARAMS, fault_at_step=None, n
     if fault_at_step is not None:
         args += ["--fault-at-step", str(fault_at_step)]
     if nproc > 1:
-        command = [str(Path(sys.executable).parent / "torchrun"), "--standalone", f"--nproc_per_node={nproc}",
+        # giblet's torchrun agent, as launch() starts it for train.gpus > 1
+        command = [sys.executable, "-m", "giblet.train.launch", "--standalone", f"--nproc-per-node={nproc}",
                    "-m", "giblet.train", *args]
     else:
         command = [sys.executable, "-m", "giblet.train", *args]
@@ -210,7 +211,8 @@ def test_asking_for_more_gpus_than_visible_fails_before_training(bundle, tmp_pat
         launch(str(bundle), str(tmp_path), {**PARAMS, "gpus": 0, "device": "cuda"})
     assert not any(tmp_path.iterdir())  # nothing started, nothing written
     command = training_command("m.json", "out", {"gpus": 4}, 4)
-    assert command[1:4] == ["--standalone", "--nproc_per_node=4", "-m"] and command[4] == "giblet.train"
+    assert command[1:5] == ["-m", "giblet.train.launch", "--standalone", "--nproc-per-node=4"]
+    assert command[command.index("giblet.train.launch") + 4:][:2] == ["-m", "giblet.train"]
     assert training_command("m.json", "out", {}, 1) is None
 
 

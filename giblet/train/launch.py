@@ -29,6 +29,14 @@ from giblet.config import ConfigError
 
 log = logging.getLogger(__name__)
 
+# The c10d rendezvous listens on the first node at RDZV_PORT + (job ID mod 1000), so two jobs that share
+# a node rarely collide; GIBLET_RDZV_PORT in the environment overrides it.
+RDZV_PORT = 29400
+# Signals a stop: the trainer saves at the next step and exits 75 (giblet.train.loop.StopFlag).
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+# torchrun keeps handling these; the stop signals are the agent's own (agent() below).
+AGENT_SIGNALS = ("--signals-to-handle=SIGHUP,SIGQUIT",)
+
 
 def check_gpus(requested: int, visible: int) -> None:
     """Raise if the job asked for more GPUs than it can see."""
@@ -58,19 +66,12 @@ def granted_gpus(requested: int, granted: int) -> int:
 
 
 def training_command(manifest: str, out_dir: str, params: dict, gpus: int) -> list[str] | None:
-    """The ``torchrun`` command for ``gpus`` > 1 processes, or None to train in this process."""
+    """The command for ``gpus`` > 1 processes on this machine, or None to train in this process: the
+    agent below (torchrun's ``--standalone``), so a stop signal saves and exits 75 as on several nodes."""
     if gpus <= 1:
         return None
-    torchrun = str(Path(sys.executable).parent / "torchrun")
-    return [torchrun, "--standalone", f"--nproc_per_node={gpus}", "-m", "giblet.train",
-            manifest, out_dir, "--params", json.dumps(params)]
-
-
-# The c10d rendezvous listens on the first node at RDZV_PORT + (job ID mod 1000), so two jobs that share
-# a node rarely collide; GIBLET_RDZV_PORT in the environment overrides it.
-RDZV_PORT = 29400
-# Signals a stop: the trainer saves at the next step and exits 75 (giblet.train.loop.StopFlag).
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+    return [sys.executable, "-m", "giblet.train.launch", "--standalone", f"--nproc-per-node={gpus}",
+            *AGENT_SIGNALS, "-m", "giblet.train", manifest, out_dir, "--params", json.dumps(params)]
 
 
 @dataclass(frozen=True)
@@ -124,9 +125,7 @@ def node_command(manifest: str, out_dir: str, params: dict, nodes: int, nproc: i
     """What runs on each node: a torchrun agent (this module) starting ``nproc`` training processes,
     meeting the other nodes' agents at the c10d rendezvous ``endpoint`` (host:port)."""
     return [sys.executable, "-m", "giblet.train.launch", f"--nnodes={nodes}", f"--nproc-per-node={nproc}",
-            "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", f"--rdzv-id={rdzv_id}",
-            # torchrun keeps these; the stop signals are the agent's own (agent() below)
-            "--signals-to-handle=SIGHUP,SIGQUIT",
+            "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", f"--rdzv-id={rdzv_id}", *AGENT_SIGNALS,
             "-m", "giblet.train", manifest, out_dir, "--params", json.dumps(params)]
 
 
@@ -143,9 +142,9 @@ def multinode_command(manifest: str, out_dir: str, params: dict, nodes: int, gpu
 
 
 @contextlib.contextmanager
-def _left_to_srun():
-    """While srun runs: a stop signal that reaches this process is srun's to forward (SLURM signals
-    the step's every process itself), not a reason to die and orphan the training."""
+def _left_to_the_agents():
+    """While the agents (or srun) run: a stop signal that reaches this process is theirs to act on
+    (SLURM signals the step's every process itself), not a reason to die and orphan the training."""
     previous = {s: signal.signal(s, lambda signum, frame: None) for s in STOP_SIGNALS}
     try:
         yield
@@ -175,13 +174,14 @@ def launch(manifest: str, out_dir: str, params: dict) -> int:
         command = multinode_command(manifest, out_dir, params, nodes, gpus, allocation,
                                     rendezvous_port(allocation.job_id))
         log.info("starting %d nodes x %d processes: %s", nodes, max(gpus, 1), " ".join(command[:-2]))
-        with _left_to_srun():
+        with _left_to_the_agents():
             return subprocess.run(command).returncode
     command = training_command(manifest, out_dir, params, gpus)
     if command is None:
         return train(manifest, out_dir, params)
-    log.info("starting %d processes: %s", gpus, " ".join(command[:4]))
-    return subprocess.run(command).returncode
+    log.info("starting %d processes: %s", gpus, " ".join(command[:5]))
+    with _left_to_the_agents():
+        return subprocess.run(command).returncode
 
 
 def _workers(agent_pid: int) -> list[int]:
