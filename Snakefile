@@ -11,6 +11,10 @@ min_version("9.27")
 configfile: "config/config.yaml"
 
 
+# The report's first page: the data, the model and the results table (snakemake --report report.html).
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/stimulus.smk"

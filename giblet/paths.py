@@ -108,16 +108,39 @@ def train(config: dict) -> dict:
             "checkpoints": root / "checkpoints", "latest_checkpoint": root / "checkpoints" / "latest.pt"}
 
 
+# nilearn's MNI152 template (ICBM 2009a nonlinear asymmetric), whose brain mask is the demo's grid.
+DEMO_SPACE = "MNI152NLin2009aAsym"
+
+
+def space(config: dict) -> str | None:
+    """The BIDS template label of the data's space: the demo's, or ``inputs.space`` (None: not given)."""
+    return DEMO_SPACE if config["dataset"] == "demo" else config["inputs"]["space"]
+
+
+def bids_name(config: dict, desc: str, suffix: str, extension: str) -> str:
+    """A BIDS-derivatives file name, ``[space-<label>_]desc-<desc>_<suffix><extension>``."""
+    label = space(config)
+    return "_".join(([f"space-{label}"] if label else []) + [f"desc-{desc}", suffix]) + extension
+
+
 def evaluate(config: dict) -> dict:
-    """The evaluation rules' outputs. ``metrics/`` and ``reconstructions/`` are each written whole by
-    one rule (atomically), so no other rule writes into them."""
+    """The evaluation rules' outputs. ``metrics/``, ``reconstructions/`` and ``report/`` are each
+    written whole by one rule (atomically), so no other rule writes into them. The folder is a BIDS
+    derivatives dataset (``dataset_description.json``; the r map is named BIDS-style)."""
     root = Path(config["results_dir"]) / "evaluate"
+    report = root / "report"
     enabled = {name for name, section in config["stimulus"].items() if section["enabled"]}
     figures = {"frames": "video.png", "audio": "audio.png", "text": "text.png"}
     reconstructions = [root / "reconstructions" / figures[m] for m in ("frames", "audio", "text") if m in enabled]
     reconstructions.append(root / "reconstructions" / "fmri.png")
     return {"verify": root / "verify.json", "weights_json": root / "weights.json", "weights_png": root / "weights.png",
-            "metrics": root / "metrics" / "metrics.json", "r_map": root / "metrics" / "r_map.nii.gz",
+            "metrics": root / "metrics" / "metrics.json",
+            "r_map": root / "metrics" / bids_name(config, "modelr", "stat", ".nii.gz"),
             "r_map_png": root / "metrics" / "r_map.png", "ridge": root / "ridge.json",
             "reconstructions": reconstructions, "lesion_json": root / "lesion.json", "lesion_png": root / "lesion.png",
-            "training_png": root / "training.png"}
+            "training_png": root / "training.png",
+            "summary_csv": report / "summary.csv", "about_csv": report / "about.csv",
+            "metrics_csv": report / "metrics.csv", "ridge_csv": report / "ridge.csv",
+            "results_html": report / "results.html", "r_map_viewer": report / "r_map_viewer.html",
+            "r_map_slices": report / "r_map_slices.png", "first_page_figures": report / "first_page_figures.html",
+            "dataset_description": root / "dataset_description.json"}

@@ -135,6 +135,7 @@ def resources(rule: str, config: dict, size: DataSize | None = None) -> dict:
         "lesion": lambda: {"mem_mb": _mb(2000, 3 * data), "runtime": _minutes(60 * per_voxel_tr),
                            "gpus": _device_gpus(evaluation["device"])},
         "training_summary": lambda: {"mem_mb": _mb(1000), "runtime": _minutes(5)},
+        "report_results": lambda: {"mem_mb": _mb(1500), "runtime": _minutes(30)},
     }
     request = table[rule]()
     gpus = request.pop("gpus", 0)

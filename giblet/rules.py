@@ -54,6 +54,7 @@ def params(rule: str, config: dict) -> dict:
         "lesion": lambda: {"regions": dict(config["evaluate"]["lesion_regions"]),
                            "device": config["evaluate"]["device"]},
         "training_summary": lambda: {},
+        "report_results": lambda: {"space": paths.space(config)},
     }
     return table[rule]()
 
@@ -85,6 +86,11 @@ def outputs(rule: str, config: dict) -> dict:
         "plot_reconstructions": lambda: {"figures": ev["reconstructions"]},
         "lesion": lambda: {"json": ev["lesion_json"], "png": ev["lesion_png"]},
         "training_summary": lambda: {"png": ev["training_png"]},
+        "report_results": lambda: {"summary": ev["summary_csv"], "about": ev["about_csv"],
+                                   "metrics_csv": ev["metrics_csv"], "ridge_csv": ev["ridge_csv"],
+                                   "html": ev["results_html"], "viewer": ev["r_map_viewer"],
+                                   "slices": ev["r_map_slices"], "figures": ev["first_page_figures"],
+                                   "description": ev["dataset_description"]},
     }
     return {key: _strs(value) for key, value in table[rule]().items()}
 
@@ -130,5 +136,7 @@ def inputs(rule: str, config: dict, subject: str | None = None) -> dict:
         "plot_reconstructions": lambda: verified,
         "lesion": lambda: {**verified, "region_masks": list(config["evaluate"]["lesion_regions"].values())},
         "training_summary": lambda: {"history": train["history"]},
+        "report_results": lambda: {"metrics": ev["metrics"], "ridge": ev["ridge"], "r_map": ev["r_map"],
+                                   "glass_brain": ev["r_map_png"], "manifest": data["manifest"], "info": fmri["info"]},
     }
     return {key: _strs(value) for key, value in table[rule]().items()}

@@ -165,7 +165,7 @@ def evaluate(*, model, manifest, verified, metrics, r_map, png, reliable_thresho
     from giblet.evaluate.evaluate import evaluate as score
 
     return score(model, manifest, Path(metrics).parent, reliable_threshold=reliable_threshold, n_null=null_shifts,
-                 device=job_device(device, gpus, "evaluate.device"))
+                 device=job_device(device, gpus, "evaluate.device"), r_map_name=Path(r_map).name)
 
 
 @stage
@@ -204,6 +204,16 @@ def training_summary(*, history, png, progress=True):
     from giblet.evaluate.training_summary import training_summary as summarise
 
     return summarise(history, png)
+
+
+@stage
+def report_results(*, metrics, ridge, r_map, glass_brain, manifest, info, summary, about, metrics_csv, ridge_csv, html,
+                   viewer, slices, figures, description, space, progress=True):
+    """The run's answer for the report: the results tables (CSV, HTML), the brain viewer and slices, the
+    first page's figures, and the evaluation folder's BIDS dataset_description.json."""
+    from giblet.evaluate.report_results import report_results as write_report
+
+    return write_report(metrics, ridge, r_map, glass_brain, manifest, info, Path(summary).parent, description, space)
 
 
 def arguments(rule: str, config: dict, subject: str | None = None) -> dict:

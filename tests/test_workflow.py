@@ -16,9 +16,10 @@ import giblet
 from tests.conftest import SMALL_DEMO
 
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-# Everything that reads the trained model (all but baseline_ridge, which reads only the dataset).
+# Everything that reads the trained model (all but baseline_ridge, which reads only the dataset), and
+# report_results, which reads evaluate's and baseline_ridge's results.
 MODEL_READERS = {"verify_checkpoint": 1, "examine_weights": 1, "evaluate": 1, "plot_reconstructions": 1,
-                 "lesion": 1, "training_summary": 1}
+                 "lesion": 1, "training_summary": 1, "report_results": 1}
 
 
 def snakemake(workdir: Path, *args: str, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
@@ -114,8 +115,10 @@ def test_demo_through_snakemake_and_only_stale_stages_rerun(workflow_copy):
     report = snakemake(workflow_copy, "--configfile", overlay, "--report", "report.html")
     assert report.returncode == 0, report.stdout + report.stderr
     html = (workflow_copy / "report.html").read_text(errors="replace")
-    for figure in ("r_map.png", "video.png", "lesion.png", "training.png", "weights.png"):
+    for figure in ("r_map.png", "video.png", "lesion.png", "training.png", "weights.png", "summary.csv",
+                   "results.html", "metrics.csv", "ridge.csv", "r_map_viewer.html", "r_map_slices.png"):
         assert figure in html, figure
+    assert (evaluation / "metrics" / "space-MNI152NLin2009aAsym_desc-modelr_stat.nii.gz").exists()
 
     # Nothing is stale: nothing reruns.
     assert planned_jobs(snakemake(workflow_copy, "--configfile", overlay, "-n")) == {}

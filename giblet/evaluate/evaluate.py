@@ -7,7 +7,8 @@ Writes into ``out_dir`` (atomically: all files or none):
   the demo's ``truth.npz`` when the manifest has it, else the ISC estimate from ``ceiling.npz``),
   timepoint identification with its chance levels, a circular-shift null with a p-value; decoding
   (brain -> stimulus) per modality; and what was evaluated (model, manifest, split range);
-- ``r_map.nii.gz``: the per-voxel r on the mask's grid;
+- ``r_map.nii.gz`` (or ``r_map_name``: the pipeline names it BIDS-style,
+  ``space-<label>_desc-modelr_stat.nii.gz``): the per-voxel r on the mask's grid;
 - ``r_map.png``: a glass-brain picture of it, thresholded at the null's 95th percentile.
 
 See :mod:`giblet.evaluate.metrics` (encoding) and :mod:`giblet.evaluate.decoding_metrics` (decoding)
@@ -148,8 +149,9 @@ def decoding_metrics(decoded: dict, stimulus: dict, manifest: Manifest) -> dict:
 
 def evaluate(model_path: str | Path, manifest_path: str | Path, out_dir: str | Path, *,
              reliable_threshold: float = M.RELIABLE_THRESHOLD, n_null: int = 100, seed: int = 0,
-             batch_size: int = 32, device: str = "cpu") -> dict:
-    """Score ``model_path`` on the test block of ``manifest_path``; write metrics.json, r_map.nii.gz, r_map.png.
+             batch_size: int = 32, device: str = "cpu", r_map_name: str = "r_map.nii.gz") -> dict:
+    """Score ``model_path`` on the test block of ``manifest_path``; write metrics.json, the r map
+    (``r_map_name``), r_map.png.
 
     Array paths inside the manifest are read as written there (relative ones from the current
     directory, as in training). Nothing is written unless everything succeeds.
@@ -163,6 +165,7 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out_dir: str | P
         Reliable voxels have a noise ceiling >= this (see :func:`giblet.evaluate.metrics.reliable_voxels`).
     n_null, seed : the circular-shift null (shifts at least ``lag_trs`` from 0 and N)
     batch_size, device : for running the model
+    r_map_name : the r map's file name in ``out_dir``
 
     Returns
     -------
@@ -212,14 +215,14 @@ def evaluate(model_path: str | Path, manifest_path: str | Path, out_dir: str | P
     }
     null = fmri.get("null")
     threshold = max(null["voxel_r_p95"], 0.01) if null else 0.1
-    results["r_map"] = {"nifti": "r_map.nii.gz", "png": "r_map.png", "plot_threshold": threshold,
+    results["r_map"] = {"nifti": r_map_name, "png": "r_map.png", "plot_threshold": threshold,
                         "plot_threshold_rule": ("95th percentile of single-voxel r under the circular-shift null"
                                                 if null else "fixed 0.1 (no null)")}
     results = jsonable(results)
 
     with atomic_output_dir(out_dir) as tmp:
-        nib.save(r_map_image(r, mask_path), tmp / "r_map.nii.gz")
-        plot_r_map(tmp / "r_map.nii.gz", tmp / "r_map.png",
+        nib.save(r_map_image(r, mask_path), tmp / r_map_name)
+        plot_r_map(tmp / r_map_name, tmp / "r_map.png",
                    f"Per-voxel r over time, test TRs {test_range[0]}-{test_range[1] - 1} (N={n_test})", threshold)
         write_json(tmp / "metrics.json", results)
     log.info("evaluated %s on %d test TRs: r_mean %.3f, r_mean_reliable %s, identification top-1 %.3f "

@@ -136,3 +136,30 @@ rule training_summary:
         f"{LOGS}/training_summary.log",
     script:
         STAGE_SCRIPT
+
+
+rule report_results:
+    """The run's answer for the report: the results table (model vs ridge baseline vs oracle vs noise
+    ceiling vs chance) and every number of metrics.json and ridge.json as CSV and HTML, the r map in an
+    interactive viewer and on slices, and the evaluation folder's BIDS dataset_description.json."""
+    input:
+        **stage_inputs("report_results"),
+    output:
+        **stage_outputs("report_results", summary=figure("summary.rst", "Results"),
+                        about=figure("about.rst", "Results"),
+                        html=figure("results.rst", "Results"),
+                        metrics_csv=figure("metrics_table.rst", "Results"),
+                        ridge_csv=figure("ridge_table.rst", "Results"),
+                        viewer=figure("r_map_viewer.rst", "Brain prediction"),
+                        slices=figure("r_map_slices.rst", "Brain prediction")),
+    params:
+        **stage_params("report_results"),
+    threads: stage_threads("report_results")
+    resources:
+        **stage_resources("report_results"),
+    benchmark:
+        f"{BENCHMARKS}/report_results.tsv"
+    log:
+        f"{LOGS}/report_results.log",
+    script:
+        STAGE_SCRIPT
