@@ -17,7 +17,7 @@ from giblet.stages import STAGES
 from tests.conftest import REPO
 from tests.test_workflow import snakemake, write_overlay
 
-LOCAL_RULES = {"plan_split", "verify_checkpoint", "examine_weights", "training_summary"}
+LOCAL_RULES = {"plan_split", "verify_checkpoint", "examine_weights", "training_summary", "report_results"}
 
 
 def header_only_bold(path: Path, shape=(61, 73, 61, 1976), zooms=(3.0, 3.0, 3.0, 1.5)) -> Path:

@@ -138,6 +138,12 @@ rule training_summary:
         STAGE_SCRIPT
 
 
+# Seconds of work (tables and two figures from small files): on a cluster it runs in the Snakemake
+# process instead of waiting for an allocation, like the Snakefile's localrules.
+localrules:
+    report_results,
+
+
 rule report_results:
     """The run's answer for the report: the results table (model vs ridge baseline vs oracle vs noise
     ceiling vs chance) and every number of metrics.json and ridge.json as CSV and HTML, the r map in an
