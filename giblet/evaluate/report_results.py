@@ -280,7 +280,8 @@ def write_brain_views(r_map: str | Path, viewer_html: str | Path, slices_png: st
                              black_bg=True, width_view=900)
     view.save_as_html(str(viewer_html))
     display = plotting.plot_stat_map(image, bg_img=template if on_mni else None, threshold=threshold, vmax=vmax,
-                                     cmap="RdBu_r", display_mode="z", cut_coords=8, colorbar=True,
+                                     figure=plt.figure(figsize=(16, 3.2)), cmap="RdBu_r", display_mode="z",
+                                     cut_coords=7, colorbar=True,
                                      title=f"{title} | |r| >= {threshold:.2f} shown", black_bg=True)
     try:
         display.savefig(str(slices_png), dpi=100)
