@@ -135,17 +135,27 @@ def cmd_train(args: argparse.Namespace) -> int:
 # Every rule's stage, in pipeline order (giblet.stages.STAGES, without importing it at start-up).
 STAGE_NAMES = ("demo_dataset", "extract_frames", "encode_audio", "embed_text", "fmri_mask", "plan_split",
                "normalize_fmri", "average_fmri", "assemble_dataset", "train", "verify_checkpoint",
-               "examine_weights", "evaluate", "baseline_ridge", "plot_reconstructions", "lesion", "training_summary")
+               "examine_weights", "evaluate", "baseline_ridge", "plot_reconstructions", "lesion", "training_summary",
+               "report_results")
 EVALUATION = ("verify_checkpoint", "examine_weights", "evaluate", "baseline_ridge", "plot_reconstructions",
-              "lesion", "training_summary")
+              "lesion", "training_summary", "report_results")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Every evaluation rule in order (verification first: a bad model stops here), same outputs."""
+    """Every evaluation rule in order (verification first: a bad model stops here), same outputs. The
+    training curves and the report tables need the run's own files (history.jsonl, fmri.json): for a
+    model.pt or manifest brought from elsewhere they are skipped, and the log says so."""
+    from giblet import rules
+
     config = load_config(args.config, args.overrides)
     for rule in EVALUATION:
-        if rule == "training_summary" and not Path(_outputs("train", config)["history"]).exists():
-            continue  # a model.pt brought from elsewhere has no training history
+        if rule in ("training_summary", "report_results"):
+            given = {"model": args.model, "manifest": args.manifest}
+            needed = [p for key, p in rules.inputs(rule, config).items() if not given.get(key)]
+            missing = [p for p in needed if not Path(p).exists()]
+            if missing:
+                print(f"giblet: skipped {rule}: {missing[0]} is not there", file=sys.stderr)
+                continue
         status = _run_stage(rule, config, args, model=args.model, manifest=args.manifest)
         if status:
             return status
