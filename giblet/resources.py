@@ -100,8 +100,9 @@ def _device_gpus(device: str) -> int:
 
 
 def resources(rule: str, config: dict, size: DataSize | None = None) -> dict:
-    """``rule``'s request: ``mem_mb``, ``runtime`` (minutes), ``gpus``/``gpu`` (one GPU count under the
-    two names local runs and SLURM read) and, for GPU training, ``cpus_per_gpu`` (see :func:`threads`).
+    """``rule``'s request: ``mem_mb``, ``runtime`` (minutes), for a rule that may use GPUs ``gpus``/``gpu``
+    (one GPU count under the two names local runs and SLURM read) and, for GPU training,
+    ``cpus_per_gpu`` (see :func:`threads`).
 
     The estimates scale with the data: per TR and voxel for the fMRI stages, per TR for the features,
     and with the GPUs a stage may use.
@@ -138,10 +139,10 @@ def resources(rule: str, config: dict, size: DataSize | None = None) -> dict:
         "report_results": lambda: {"mem_mb": _mb(1500), "runtime": _minutes(30)},
     }
     request = table[rule]()
-    gpus = request.pop("gpus", 0)
-    # `gpus` schedules locally (--resources gpus=N); `gpu` becomes SLURM's --gpus, a job total, which
-    # a multi-node job replaces by a per-node `gres`.
-    request.update({"gpus": gpus, "gpu": 0 if "gres" in request else gpus})
+    if "gpus" in request:  # a rule that may use GPUs; the others ask for none and say nothing of them
+        # `gpus` schedules locally (--resources gpus=N); `gpu` becomes SLURM's --gpus, a job total,
+        # which a multi-node job replaces by a per-node `gres`.
+        request["gpu"] = 0 if "gres" in request else request["gpus"]
     return request
 
 

@@ -58,7 +58,7 @@ def test_requests_grow_with_the_data_and_gpus_are_exactly_train_gpus(sherlock_co
     for rule in STAGES:
         a, b = R.resources(rule, demo, small), R.resources(rule, sherlock_config, large)
         assert 500 <= a["mem_mb"] <= b["mem_mb"] and 10 <= a["runtime"] <= b["runtime"], rule
-        assert a["gpus"] == a["gpu"] and b["gpus"] == b["gpu"], rule
+        assert a.get("gpus", 0) == a.get("gpu", 0) and b.get("gpus", 0) == b.get("gpu", 0), rule
     # The fMRI stages hold a subject's volumes: Sherlock's 2.1 GB per subject shows in the request.
     assert R.resources("normalize_fmri", sherlock_config, large)["mem_mb"] >= 1.5 * large.subject_mb
     # Training asks for exactly train.gpus GPUs, with CPUs beside each; none means CPU threads only.
@@ -93,7 +93,7 @@ def test_no_job_without_gpus_lands_on_a_gpu_partition(which, sherlock_config):
     for rule in sorted(set(STAGES) - LOCAL_RULES):
         request = R.resources(rule, config, size)
         chosen[rule] = get_best_partition(partitions, fake_job(rule, request, R.threads(rule, config)), logger)
-        assert chosen[rule] == ("gpu" if request["gpu"] else "cpu"), (rule, request)
+        assert chosen[rule] == ("gpu" if request.get("gpu") else "cpu"), (rule, request)
     assert chosen["train"] == ("cpu" if config["train"]["gpus"] == 0 else "gpu")
     if config["train"]["gpus"]:  # its GPUs as per-node gres on several nodes: still a GPU partition
         request = R.resources("train", {**config, "train": {**config["train"], "nodes": 2}}, size)
@@ -130,7 +130,7 @@ def test_a_dry_run_of_the_slurm_profile_shows_each_rules_request(which, workflow
             continue
         expected = R.resources(rule, config, size)
         assert int(shown["mem_mb"]) == expected["mem_mb"] and int(shown["runtime"]) == expected["runtime"], rule
-        assert int(shown.get("gpu", 0)) == expected["gpu"], rule
+        assert int(shown.get("gpu", 0)) == expected.get("gpu", 0), rule
         assert "slurm_partition" not in shown, rule  # partitions.yaml decides, by what the job asks for
     assert "--signal=USR1@600" in requests["train"]["slurm_extra"]
 

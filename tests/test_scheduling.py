@@ -35,10 +35,10 @@ def test_a_stage_uses_a_gpu_only_when_its_job_reserved_one():
         job_device("cuda", 0, "stimulus.audio.device")
 
 
-def planned_resources(output: str) -> dict[str, str]:
-    """Rule name -> its 'resources:' line, from a dry run's job listing."""
-    return {m.group(1): m.group(2) for m in re.finditer(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    resources: (.*)$",
-                                                          output, re.M)}
+def planned_resources(output: str) -> dict[str, dict[str, str]]:
+    """Rule name -> its resources ({name: value}), from a dry run's job listing."""
+    return {m.group(1): dict(item.split("=", 1) for item in m.group(2).split(", "))
+            for m in re.finditer(r"^(?:local)?rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", output, re.M)}
 
 
 def test_resources_gpus_caps_training_and_the_feature_models_reserve_one(workflow_copy):
@@ -46,7 +46,10 @@ def test_resources_gpus_caps_training_and_the_feature_models_reserve_one(workflo
     result = snakemake(workflow_copy, "-n", "--resources", "gpus=2", "--configfile", overlay)
     assert result.returncode == 0, result.stderr
     resources = planned_resources(result.stdout)
-    assert "gpus=2, gpu=4" in resources["train"]  # local cap 2 (torchrun processes); SLURM would get 4
-    assert "gpus=1, gpu=1" in resources["encode_audio"]  # device auto: may use a GPU, so it reserves one
-    assert "gpus=0, gpu=0" in resources["embed_text"]  # device cpu: reserves none
-    assert "gpu" not in resources["extract_frames"]
+    def gpus(rule):
+        return resources[rule].get("gpus"), resources[rule].get("gpu")
+
+    assert gpus("train") == ("2", "4")  # local cap 2 (torchrun processes); SLURM would get 4
+    assert gpus("encode_audio") == ("1", "1")  # device auto: may use a GPU, so it reserves one
+    assert gpus("embed_text") == ("0", "0")  # device cpu: reserves none
+    assert gpus("extract_frames") == (None, None)
