@@ -23,7 +23,7 @@ LEARNING_DEMO = [
     "demo.n_trs=360", "demo.n_subjects=2", "demo.resolution_mm=8",
     "demo.video.width=64", "demo.video.height=36", "demo.audio.sample_rate=22050",
     "stimulus.frames.width=64", "stimulus.frames.height=36",
-    "train.epochs=30", "train.early_stopping_patience=0",
+    "train.epochs=15", "train.early_stopping_patience=0",
 ]
 
 
@@ -75,8 +75,9 @@ def test_held_out_fmri_prediction_beats_chance_and_approaches_the_ceiling(traine
     val_r = [h["val/fmri_r_mean"] for h in history if "val/fmri_r_mean" in h]
     # Every epoch validated. Trained through the brain's principal components, the model reaches its
     # validation r within the first epoch on this small demo (measured: 0.047 after epoch 1, 0.046
-    # after 30); the untrained model predicts the mean (r = 0). Learning itself is asserted above.
-    assert len(val_r) == 30 and min(val_r) > 0
+    # after 30, so 15 epochs show as much); the untrained model predicts the mean (r = 0). Learning
+    # itself is asserted above.
+    assert len(val_r) == 15 and min(val_r) > 0
 
 
 def _fractions(trained) -> tuple[dict, dict]:

@@ -93,10 +93,10 @@ def digest(path: Path) -> str:
 
 
 def outputs(project: Path) -> dict:
-    """SHA-256 of every file under results/ (logs aside)."""
+    """SHA-256 of every file under results/ (logs and Snakemake's job benchmarks, which record times, aside)."""
     results = project / "results"
     return {str(p.relative_to(results)): digest(p) for p in sorted(results.rglob("*"))
-            if p.is_file() and "logs" not in p.relative_to(results).parts}
+            if p.is_file() and not {"logs", "benchmarks"} & set(p.relative_to(results).parts)}
 
 
 @pytest.fixture(scope="module")
