@@ -48,3 +48,27 @@ def copy_workflow(dest: Path) -> Path:
 def workflow_copy(tmp_path) -> Path:
     """A copy of the Snakemake workflow in a temp directory."""
     return copy_workflow(tmp_path)
+
+
+# The small demo that the workflow and report tests run through Snakemake (one epoch, 32x18 frames).
+DEMO_RUN = SMALL_DEMO + ["stimulus.frames.width=32", "stimulus.frames.height=18", "train.epochs=1"]
+
+
+@pytest.fixture(scope="session")
+def finished_demo(tmp_path_factory) -> dict:
+    """The small demo run once through Snakemake, every rule, and its HTML report: ``dir`` (the workflow
+    folder, results and .snakemake inside), ``overlay`` (its --configfile) and ``stdout`` of the run.
+    Read it, or copy it (``shutil.copytree(..., copy_function=shutil.copy2)`` keeps the times) to change it."""
+    import yaml
+
+    from giblet.config import apply_overrides
+    from tests.test_workflow import snakemake
+
+    workdir = copy_workflow(tmp_path_factory.mktemp("finished_demo"))
+    overlay = workdir / "config" / "small.yaml"
+    overlay.write_text(yaml.safe_dump(apply_overrides({}, DEMO_RUN)))
+    run = snakemake(workdir, "--configfile", "config/small.yaml")
+    assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-5000:]
+    report = snakemake(workdir, "--configfile", "config/small.yaml", "--report", "report.html")
+    assert report.returncode == 0, report.stdout[-5000:] + report.stderr[-5000:]
+    return {"dir": workdir, "overlay": "config/small.yaml", "stdout": run.stdout + run.stderr}

@@ -26,12 +26,8 @@ import pytest
 from giblet import rules
 from giblet.config import load_config
 
-from tests.conftest import SMALL_DEMO, copy_workflow
-from tests.test_workflow import snakemake, write_overlay
+from tests.conftest import DEMO_RUN
 
-# Small and quick (about a minute on 2 cores): no audio (EnCodec is the slowest feature), one epoch.
-OVERRIDES = SMALL_DEMO + ["stimulus.frames.width=32", "stimulus.frames.height=18", "train.epochs=1",
-                          "stimulus.audio.enabled=false"]
 BIDS_MAP = "space-MNI152NLin2009aAsym_desc-modelr_stat.nii.gz"
 
 
@@ -158,23 +154,15 @@ class Browser:
 
 
 @pytest.fixture(scope="module")
-def reported(tmp_path_factory) -> dict:
-    """A small demo run through Snakemake up to the report's tables, and its HTML report."""
-    workdir = copy_workflow(tmp_path_factory.mktemp("report"))
-    overlay = write_overlay(workdir, OVERRIDES)
-    config = load_config(workdir / "config" / "config.yaml", OVERRIDES)
-    targets = [str(v) for v in rules.outputs("report_results", config).values()]
-    started = time.monotonic()
-    run = snakemake(workdir, *targets, "--configfile", overlay)
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    report = snakemake(workdir, *targets, "--report", "report.html", "--configfile", overlay)
-    assert report.returncode == 0, report.stdout[-4000:] + report.stderr[-4000:]
+def reported(finished_demo) -> dict:
+    """The small demo run through Snakemake (tests/conftest.py, shared with test_workflow) and its report."""
+    workdir = finished_demo["dir"]
+    config = load_config(workdir / "config" / "config.yaml", DEMO_RUN)
     evaluation = workdir / "results" / "evaluate"
     return {"dir": workdir, "report": workdir / "report.html", "evaluate": evaluation,
             "metrics": json.loads((evaluation / "metrics" / "metrics.json").read_text()),
             "ridge": json.loads((evaluation / "ridge.json").read_text()),
-            "outputs": {k: workdir / v for k, v in rules.outputs("report_results", config).items()},
-            "seconds": time.monotonic() - started}
+            "outputs": {k: workdir / v for k, v in rules.outputs("report_results", config).items()}}
 
 
 def f3(value: float) -> str:
@@ -218,7 +206,7 @@ def test_the_evaluation_folder_is_a_bids_derivatives_dataset_with_tables(reporte
     numbers = expected_numbers(reported["metrics"], reported["ridge"])
     assert set(numbers.values()) <= cells, {k: v for k, v in numbers.items() if v not in cells}
     assert {row[0].split(":")[0] for row in summary if row[0].startswith("decoding")} == {
-        "decoding frames from the brain", "decoding text from the brain"}
+        f"decoding {modality} from the brain" for modality in ("frames", "audio", "text")}
     # Every number of metrics.json and ridge.json as a table, also in the HTML page.
     flat = dict(csv.reader(io.StringIO(out["metrics_csv"].read_text())))
     assert flat["fmri.r_mean_reliable"] == f"{reported['metrics']['fmri']['r_mean_reliable']:.4f}"
