@@ -100,7 +100,7 @@ def inputs(rule: str, config: dict, subject: str | None = None) -> dict:
 
     ``subject`` is the subject of a per-subject rule.
     """
-    stim, fmri, data = paths.stimulus(config), paths.fmri(config), paths.dataset(config)
+    fmri, data = paths.fmri(config), paths.dataset(config)
     train, ev = paths.train(config), paths.evaluate(config)
     movie = paths.movie(config)
     model_and_data = {"model": train["model"], "manifest": data["manifest"]}
