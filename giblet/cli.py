@@ -31,35 +31,34 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _outputs(rule: str, config: dict, subject: str | None = None) -> dict:
-    from giblet import rules
-
-    outputs = rules.outputs(rule, config)
-    return {k: v.format(subject=subject) if subject and isinstance(v, str) else v for k, v in outputs.items()}
-
-
-def _run_stage(rule: str, config: dict, args: argparse.Namespace, subject: str | None = None, **paths) -> int:
+def _run_stage(rule: str, config: dict, args: argparse.Namespace, subject: str | None = None,
+               optional: bool = False, **paths) -> int:
     """Run ``rule``'s stage with the arguments its Snakemake rule passes (files and params from the
-    config), but for the paths given on the command line; print where its first output went."""
+    config), but for the paths given on the command line; print where its first output went. A missing
+    input is an error naming it, or, for an ``optional`` stage, a note that the stage was skipped."""
     import os
 
     from giblet import rules, stages
 
     arguments = stages.arguments(rule, config, subject)
     arguments.update({key: str(value) for key, value in paths.items() if value and key in arguments})
-    for key in rules.inputs(rule, config, subject):
-        for path in arguments[key] if isinstance(arguments[key], list) else [arguments[key]]:
-            if not Path(path).exists():
-                raise InputError(path, f"missing: {rule} reads it ({key}); run the stage that writes it first, "
-                                       "or `snakemake` to run every stage needed")
+    inputs = [arguments[key] for key in rules.inputs(rule, config, subject)]
+    missing = [path for item in inputs for path in (item if isinstance(item, list) else [item])
+               if not Path(path).exists()]
+    if missing and optional:
+        print(f"giblet: skipped {rule}: {missing[0]} is not there", file=sys.stderr)
+        return 0
+    if missing:
+        raise InputError(missing[0], f"missing: {rule} reads it; run the stage that writes it first, "
+                                     "or `snakemake` to run every stage needed")
     # As the rules reserve them: training its train.gpus, a stage with a device setting one GPU unless 'cpu'.
     device = arguments.get("device") or arguments.get("settings", {}).get("device")
     gpus = config["train"]["gpus"] if rule == "train" else int(device not in (None, "cpu"))
     status = stages.run(rule, arguments, gpus=gpus, train_config=config["train"],
                         threads=len(os.sched_getaffinity(0)), progress=not getattr(args, "quiet", False))
     if status == 0 and rule != "train":
-        first = next(iter(_outputs(rule, config, subject)))
-        print(arguments[first][0] if isinstance(arguments[first], list) else arguments[first])
+        first = arguments[next(iter(rules.outputs(rule, config)))]
+        print(first[0] if isinstance(first, list) else first)
     return status
 
 
@@ -132,11 +131,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return _run_stage("train", config, args, manifest=args.manifest)
 
 
-# Every rule's stage, in pipeline order (giblet.stages.STAGES, without importing it at start-up).
-STAGE_NAMES = ("demo_dataset", "extract_frames", "encode_audio", "embed_text", "fmri_mask", "plan_split",
-               "normalize_fmri", "average_fmri", "assemble_dataset", "train", "verify_checkpoint",
-               "examine_weights", "evaluate", "baseline_ridge", "plot_reconstructions", "lesion", "training_summary",
-               "report_results")
 EVALUATION = ("verify_checkpoint", "examine_weights", "evaluate", "baseline_ridge", "plot_reconstructions",
               "lesion", "training_summary", "report_results")
 
@@ -145,18 +139,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Every evaluation rule in order (verification first: a bad model stops here), same outputs. The
     training curves and the report tables need the run's own files (history.jsonl, fmri.json): for a
     model.pt or manifest brought from elsewhere they are skipped, and the log says so."""
-    from giblet import rules
-
     config = load_config(args.config, args.overrides)
     for rule in EVALUATION:
-        if rule in ("training_summary", "report_results"):
-            given = {"model": args.model, "manifest": args.manifest}
-            needed = [p for key, p in rules.inputs(rule, config).items() if not given.get(key)]
-            missing = [p for p in needed if not Path(p).exists()]
-            if missing:
-                print(f"giblet: skipped {rule}: {missing[0]} is not there", file=sys.stderr)
-                continue
-        status = _run_stage(rule, config, args, model=args.model, manifest=args.manifest)
+        status = _run_stage(rule, config, args, optional=rule in ("training_summary", "report_results"),
+                            model=args.model, manifest=args.manifest)
         if status:
             return status
     return 0
@@ -182,6 +168,8 @@ def _add_stage(sub, name: str, func, help: str, inputs: tuple[str, ...]) -> argp
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from giblet.stages import STAGES  # light: each stage imports what it runs only when it runs
+
     parser = argparse.ArgumentParser(
         prog="giblet",
         description="Movie + fMRI -> a multimodal autoencoder whose middle layer is the brain. "
@@ -218,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stage", help="run any one pipeline stage as its Snakemake rule does (files from the config)")
     _add_config_args(p)
-    p.add_argument("rule", choices=list(STAGE_NAMES), metavar="RULE", help=", ".join(STAGE_NAMES))
+    p.add_argument("rule", choices=list(STAGES), metavar="RULE", help=", ".join(STAGES))
     p.add_argument("--subject", help="the subject, for normalize_fmri")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_stage)
