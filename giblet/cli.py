@@ -38,7 +38,7 @@ def _run_stage(rule: str, config: dict, args: argparse.Namespace, subject: str |
     input is an error naming it, or, for an ``optional`` stage, a note that the stage was skipped."""
     import os
 
-    from giblet import rules, stages
+    from giblet import resources, rules, stages
 
     arguments = stages.arguments(rule, config, subject)
     arguments.update({key: str(value) for key, value in paths.items() if value and key in arguments})
@@ -51,9 +51,7 @@ def _run_stage(rule: str, config: dict, args: argparse.Namespace, subject: str |
     if missing:
         raise InputError(missing[0], f"missing: {rule} reads it; run the stage that writes it first, "
                                      "or `snakemake` to run every stage needed")
-    # As the rules reserve them: training its train.gpus, a stage with a device setting one GPU unless 'cpu'.
-    device = arguments.get("device") or arguments.get("settings", {}).get("device")
-    gpus = config["train"]["gpus"] if rule == "train" else int(device not in (None, "cpu"))
+    gpus = resources.resources(rule, config).get("gpus", 0)  # what the rule reserves
     status = stages.run(rule, arguments, gpus=gpus, train_config=config["train"],
                         threads=len(os.sched_getaffinity(0)), progress=not getattr(args, "quiet", False))
     if status == 0 and rule != "train":
