@@ -27,6 +27,12 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 def cmd_config(args: argparse.Namespace) -> int:
     """Print the complete, validated config (defaults filled in)."""
     config = load_config(args.config, args.overrides)
+    if config["inputs"]["bids"]:
+        from giblet.config import find_bids
+        from giblet.fmri.bids import describe
+
+        # What inputs.bids found, as YAML comments above the config it filled in.
+        print("\n".join(f"# {line}" for line in describe(find_bids(config)).splitlines()))
     yaml.safe_dump(config, sys.stdout, sort_keys=False)
     return 0
 
@@ -71,6 +77,12 @@ def cmd_frames(args: argparse.Namespace) -> int:
     """Video frames per TR."""
     config = load_config(args.config, args.overrides)
     return _run_stage("extract_frames", config, args, movie=args.movie, frames=args.out)
+
+
+def cmd_frame_features(args: argparse.Namespace) -> int:
+    """CLIP image embeddings of the frames per TR."""
+    config = load_config(args.config, args.overrides)
+    return _run_stage("embed_frames", config, args, movie=args.movie, frame_features=args.out)
 
 
 def cmd_frames_preview(args: argparse.Namespace) -> int:
@@ -187,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     _add_stage(sub, "frames", cmd_frames, "video frames per TR (rule extract_frames)", ("movie",))
+    _add_stage(sub, "frame-features", cmd_frame_features,
+               "frozen CLIP image embeddings of the frames per TR (rule embed_frames)", ("movie",))
     _add_stage(sub, "audio", cmd_audio, "EnCodec audio codes per TR (rule encode_audio)", ("movie",))
     _add_stage(sub, "text", cmd_text, "CLIP embeddings of the annotations per TR (rule embed_text)",
                ("annotations", "movie"))

@@ -68,8 +68,44 @@ def validate_config(config: dict) -> dict:
             raise ConfigError(str(err)) from err
         key = ".".join(str(p) for p in cause.absolute_path) or "<top level>"
         raise ConfigError(f"invalid config key '{key}': {cause.message}") from err
+    if config["inputs"]["bids"]:
+        apply_bids(config)
     _check_consistency(config)
     return config
+
+
+BIDS_FILLED = ("bold", "confounds", "brain_mask")
+
+
+def find_bids(config: dict):
+    """What ``inputs.bids`` finds (:class:`giblet.fmri.bids.Discovery`)."""
+    from giblet.fmri.bids import discover
+
+    bids = config["inputs"]["bids"]
+    return discover(bids["root"], bids["task"], bids["space"], bids["session"], select=bids["select"])
+
+
+def apply_bids(config: dict) -> None:
+    """Fill ``inputs.bold``/``confounds``/``brain_mask``/``subjects``/``runs``/``space`` from the files
+    ``inputs.bids`` finds. The runs follow each other on the movie's clock unless ``inputs.runs``
+    says where they start (its ``run`` labels must be the ones found)."""
+    inputs = config["inputs"]
+    found = find_bids(config)
+    filled = {**{key: getattr(found, key) for key in BIDS_FILLED}, "subjects": list(found.subjects)}
+    # A config that already holds what was found (one printed by `giblet config`) is fine.
+    given = [key for key, value in filled.items() if inputs[key] and inputs[key] != value]
+    if given:
+        raise ConfigError(f"invalid config key 'inputs.{given[0]}': inputs.bids finds the files itself; give "
+                          f"either inputs.bids or the path patterns, not both")
+    inputs.update(filled)
+    inputs["space"] = inputs["space"] or found.space
+    if inputs["runs"] and found.runs:
+        labels = [run["run"] for run in inputs["runs"]]
+        if labels != list(found.runs):
+            raise ConfigError(f"invalid config key 'inputs.runs': its runs {labels} are not the runs found in "
+                              f"{found.root}: {list(found.runs)} (list them all, in movie order)")
+    elif found.runs:
+        inputs["runs"] = [{"run": run, "session": None, "start_s": None, "dummy_volumes": 0} for run in found.runs]
 
 
 # Weights that exist only so the demo runs offline; real data needs real weights.
@@ -88,6 +124,14 @@ def _check_consistency(config: dict) -> None:
                 raise ConfigError(
                     f"invalid config key 'stimulus.{modality}.{key}': '{demo_value}' (random weights) is "
                     "for the demo only; with dataset 'files' give pretrained weights or a weights file")
+        frames = config["stimulus"]["frames"]  # its CLIP weights are read only with features clip or both
+        if frames["enabled"] and frames["features"] != "pixels" and frames["clip"]["pretrained"] == "none":
+            raise ConfigError(
+                "invalid config key 'stimulus.frames.clip.pretrained': 'none' (random weights) is for the demo "
+                "only; with dataset 'files' give pretrained weights or a weights file")
+    if config["fmri"]["motion"]["fd_threshold_mm"] is not None and not config["inputs"]["confounds"]:
+        raise ConfigError("invalid config key 'fmri.motion.fd_threshold_mm': needs inputs.confounds (the "
+                          "framewise_displacement column)")
     if not any(config["stimulus"][m]["enabled"] for m in ("frames", "audio", "text")):
         raise ConfigError("invalid config key 'stimulus': every modality is disabled")
     scenes = config["demo"]["scenes"]

@@ -34,10 +34,11 @@ def annotations(config: dict) -> Path:
 
 
 def stimulus(config: dict) -> dict:
-    """Outputs of the three stimulus stages (whether or not a modality is enabled)."""
+    """Outputs of the four stimulus stages (whether or not a modality is enabled)."""
     root = Path(config["results_dir"]) / "stimulus"
     return {
         "frames": root / "frames.npy", "frames_sidecar": root / "frames.json",
+        "frame_features": root / "frame_features.npy", "frame_features_sidecar": root / "frame_features.json",
         "audio": root / "audio_codes.npy", "audio_sidecar": root / "audio_codes.json",
         "text": root / "text.npy", "text_mask": root / "text_mask.npy",
         "text_annotations": root / "text_annotations.npz", "text_sidecar": root / "text.json",
@@ -45,23 +46,34 @@ def stimulus(config: dict) -> dict:
 
 
 # Array roles in the manifest -> (key in stimulus(), the modality that makes it).
-STIMULUS_ARRAYS = {"frames": ("frames", "frames"), "audio_codes": ("audio", "audio"),
-                   "text": ("text", "text"), "text_mask": ("text_mask", "text")}
-SIDECAR_FILES = {"frames": ["frames_sidecar"], "audio": ["audio_sidecar"], "text": ["text_annotations", "text_sidecar"]}
+STIMULUS_ARRAYS = {"frames": ("frames", "frames"), "frame_features": ("frame_features", "frames"),
+                   "audio_codes": ("audio", "audio"), "text": ("text", "text"), "text_mask": ("text_mask", "text")}
+# Array role -> the other files of its stage in stimulus() (sidecars, the text library).
+SIDECAR_FILES = {"frames": ["frames_sidecar"], "frame_features": ["frame_features_sidecar"],
+                 "audio_codes": ["audio_sidecar"], "text": ["text_annotations", "text_sidecar"]}
+# The frame arrays each stimulus.frames.features makes: pixels (extract_frames), CLIP embeddings (embed_frames).
+FRAME_ROLES = {"pixels": ("frames",), "clip": ("frame_features",), "both": ("frames", "frame_features")}
+
+
+def uses_role(config: dict, role: str) -> bool:
+    """Whether the config produces the manifest array ``role``: its modality is enabled and, for the
+    frames, ``stimulus.frames.features`` asks for it."""
+    modality = STIMULUS_ARRAYS[role][1]
+    if not config["stimulus"][modality]["enabled"]:
+        return False
+    return modality != "frames" or role in FRAME_ROLES[config["stimulus"]["frames"]["features"]]
 
 
 def stimulus_arrays(config: dict) -> dict[str, Path]:
     """The enabled modalities' arrays, by manifest role (what assemble_dataset reads)."""
     out = stimulus(config)
-    return {role: out[key] for role, (key, modality) in STIMULUS_ARRAYS.items()
-            if config["stimulus"][modality]["enabled"]}
+    return {role: out[key] for role, (key, _) in STIMULUS_ARRAYS.items() if uses_role(config, role)}
 
 
 def enabled_stimulus_outputs(config: dict) -> list[Path]:
     """Every stimulus file the enabled modalities produce (arrays, sidecars, the text library)."""
     out = stimulus(config)
-    extra = [out[k] for modality, keys in SIDECAR_FILES.items() if config["stimulus"][modality]["enabled"]
-             for k in keys]
+    extra = [out[k] for role, keys in SIDECAR_FILES.items() if uses_role(config, role) for k in keys]
     return list(stimulus_arrays(config).values()) + extra
 
 
@@ -76,15 +88,49 @@ def subjects(config: dict) -> list[str]:
     return list(config["inputs"]["subjects"])
 
 
-def bold(config: dict) -> dict[str, Path]:
-    """Subject id -> 4-D NIfTI, in subject order."""
+RUN_FILES = ("bold", "confounds", "brain_mask")  # the per-run inputs, as inputs.<key> patterns
+
+
+def runs(config: dict) -> dict[str, list[dict]]:
+    """Subject id -> its runs in movie order, in subject order.
+
+    Each run is ``{"run", "session", "start_s", "dummy_volumes", "bold", "confounds", "brain_mask"}``:
+    the ``inputs.runs`` entry, and the files from the ``inputs`` patterns with ``{subject}``, ``{run}``
+    and ``{session}`` filled in (Paths; ``confounds``/``brain_mask`` None when not given). Without
+    ``inputs.runs`` (the demo, Sherlock), one run per subject that starts the movie.
+    """
     if config["dataset"] == "demo":
-        return dict(zip(subjects(config), demo(config)["bold"]))
-    pattern = config["inputs"]["bold"]
-    if not pattern or "{subject}" not in pattern:
+        return {s: [{"run": None, "session": None, "start_s": 0.0, "dummy_volumes": 0, "bold": path,
+                     "confounds": None, "brain_mask": None}]
+                for s, path in zip(subjects(config), demo(config)["bold"])}
+    inputs = config["inputs"]
+    if not inputs["bold"] or "{subject}" not in inputs["bold"]:
         raise ConfigError("invalid config key 'inputs.bold': a path pattern containing {subject} is required "
                           "when dataset is 'files'")
-    return {s: Path(pattern.format(subject=s)) for s in subjects(config)}
+    table = inputs["runs"] or [{"run": None, "session": None, "start_s": 0.0, "dummy_volumes": 0}]
+    for key in RUN_FILES:
+        pattern = inputs[key] or ""
+        for entity in ("run", "session"):
+            if f"{{{entity}}}" in pattern and any(entry[entity] is None for entry in table):
+                raise ConfigError(f"invalid config key 'inputs.{key}': it contains {{{entity}}}, so every entry "
+                                  f"of inputs.runs needs a '{entity}'")
+    out = {}
+    for subject in subjects(config):
+        out[subject] = [{**entry, **{key: Path(inputs[key].format(subject=subject, run=entry["run"],
+                                                                  session=entry["session"]))
+                                     if inputs[key] else None for key in RUN_FILES}} for entry in table]
+        files = [str(run["bold"]) for run in out[subject]]
+        if len(set(files)) < len(files):
+            raise ConfigError(f"invalid config key 'inputs.bold': runs of subject {subject} share a file "
+                              f"({files}); put {{run}} (or {{session}}) in the pattern")
+    return out
+
+
+def run_files(config: dict, key: str, subject: str | None = None) -> list[Path]:
+    """Every run's ``key`` file ("bold", "confounds" or "brain_mask") given, of one subject or of all."""
+    table = runs(config)
+    chosen = [subject] if subject is not None else list(table)
+    return [run[key] for s in chosen for run in table[s] if run[key] is not None]
 
 
 def fmri(config: dict) -> dict:
@@ -130,6 +176,8 @@ def evaluate(config: dict) -> dict:
     root = Path(config["results_dir"]) / "evaluate"
     report = root / "report"
     enabled = {name for name, section in config["stimulus"].items() if section["enabled"]}
+    if not uses_role(config, "frames"):  # CLIP frame features alone decode no pixels: no video.png
+        enabled.discard("frames")
     figures = {"frames": "video.png", "audio": "audio.png", "text": "text.png"}
     reconstructions = [root / "reconstructions" / figures[m] for m in ("frames", "audio", "text") if m in enabled]
     reconstructions.append(root / "reconstructions" / "fmri.png")

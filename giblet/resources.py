@@ -60,10 +60,15 @@ class DataSize:
         return self.group_mb + self.n_trs * self.frame_bytes_per_tr / MB
 
 
+def _frames_per_tr(config: dict) -> int:
+    """Frames sampled per TR, at most (a movie of at most 30 frames/s)."""
+    return math.ceil(30 * config["tr"] / config["stimulus"]["frames"]["frame_skip"])
+
+
 def data_size(config: dict) -> DataSize:
     """The data's size from the config (the demo), or from the first BOLD file's header (real data)."""
     frames = config["stimulus"]["frames"]
-    frames_per_tr = math.ceil(30 * config["tr"] / frames["frame_skip"])  # at most 30 frames/s of movie
+    frames_per_tr = _frames_per_tr(config)
     frame_bytes = frames_per_tr * frames["height"] * frames["width"] * 3 if frames["enabled"] else 0
     if config["dataset"] == "demo":
         demo = config["demo"]
@@ -73,16 +78,16 @@ def data_size(config: dict) -> DataSize:
                         frame_bytes)
     import nibabel as nib  # here, not at the top: the demo never needs it at start-up
 
-    bold = paths.bold(config)
-    first = next(iter(bold.values()))
-    if not first.exists():  # not there yet: Snakemake reports the missing input itself
-        return DataSize(1, len(bold), 1, 1, frame_bytes)
-    header = nib.load(first).header
-    shape, zooms = header.get_data_shape(), header.get_zooms()
+    runs = paths.runs(config)
+    first = [run["bold"] for run in next(iter(runs.values()))]  # the first subject's runs
+    if not all(path.exists() for path in first):  # not there yet: Snakemake reports the missing input itself
+        return DataSize(1, len(runs), 1, 1, frame_bytes)
+    headers = [nib.load(path).header for path in first]
+    shape, zooms = headers[0].get_data_shape(), headers[0].get_zooms()
     grid = math.prod(shape[:3])
     voxel_mm3 = math.prod(zooms[:3]) or 1.0
-    return DataSize(shape[3] if len(shape) > 3 else 1, len(bold), grid,
-                    min(grid, round(BRAIN_VOLUME_MM3 / voxel_mm3)), frame_bytes)
+    n_trs = sum(header.get_data_shape()[3] if len(header.get_data_shape()) > 3 else 1 for header in headers)
+    return DataSize(n_trs, len(runs), grid, min(grid, round(BRAIN_VOLUME_MM3 / voxel_mm3)), frame_bytes)
 
 
 def _mb(base: float, *terms: float) -> int:
@@ -119,6 +124,10 @@ def resources(rule: str, config: dict, size: DataSize | None = None) -> dict:
                                  "gpus": _device_gpus(stimulus["audio"]["device"])},
         "embed_text": lambda: {"mem_mb": _mb(4000), "runtime": _minutes(0.1 * t),
                                "gpus": _device_gpus(stimulus["text"]["device"])},
+        # ViT-B-32 embeds ~18 frames/s on 2 CPU cores (benchmarks/clip_frames_speed.py), at most 30 frames/s
+        # of movie are sampled.
+        "embed_frames": lambda: {"mem_mb": _mb(4000), "runtime": _minutes(t * _frames_per_tr(config) / 15),
+                                 "gpus": _device_gpus(stimulus["frames"]["clip"]["device"])},
         "fmri_mask": lambda: {"mem_mb": _mb(1000, 2.5 * subject), "runtime": _minutes(20 * size.n_subjects * per_voxel_tr)},
         "normalize_fmri": lambda: {"mem_mb": _mb(1000, 1.5 * subject), "runtime": _minutes(30 * per_voxel_tr)},
         "average_fmri": lambda: {"mem_mb": _mb(1000, 3 * group), "runtime": _minutes(10 * size.n_subjects * per_voxel_tr)},
@@ -177,4 +186,4 @@ def threads(rule: str, config: dict) -> int:
     A GPU training job asks ``CPUS_PER_GPU`` per GPU instead."""
     if rule == "train":
         return 4 if config["train"]["gpus"] == 0 else 1
-    return {"extract_frames": 2, "encode_audio": 4, "embed_text": 4, "baseline_ridge": 4}.get(rule, 1)
+    return {"extract_frames": 2, "encode_audio": 4, "embed_text": 4, "embed_frames": 4, "baseline_ridge": 4}.get(rule, 1)

@@ -14,6 +14,9 @@ from giblet import paths
 from giblet.train.params import rule_params as train_rule_params
 
 FMRI_MASK_METHODS = ("intersection", "majority", "mni")  # any other fmri.mask value is a NIfTI path
+# The stimulus.frames keys extract_frames reads (features and clip are embed_frames'): a CLIP setting
+# must not rerun it.
+PIXEL_KEYS = ("enabled", "width", "height", "frame_skip")
 
 
 def _evaluate(config: dict, *keys: str) -> dict:
@@ -28,14 +31,18 @@ def params(rule: str, config: dict) -> dict:
     stimulus, fmri, tr = config["stimulus"], config["fmri"], config["tr"]
     table = {
         "demo_dataset": lambda: {"demo": config["demo"], "tr": tr},
-        "extract_frames": lambda: {"settings": stimulus["frames"], "tr": tr},
+        "extract_frames": lambda: {"settings": {key: stimulus["frames"][key] for key in PIXEL_KEYS}, "tr": tr},
+        # Frames are sampled as extract_frames samples them (frame_skip), then embedded by CLIP.
+        "embed_frames": lambda: {"settings": {"frame_skip": stimulus["frames"]["frame_skip"],
+                                              "clip": stimulus["frames"]["clip"]}, "tr": tr},
         "encode_audio": lambda: {"settings": stimulus["audio"], "tr": tr},
         "embed_text": lambda: {"settings": stimulus["text"], "tr": tr},
         # Only what the mask depends on: a normalization change must not rerun it.
-        "fmri_mask": lambda: {"bold_by_subject": {s: str(p) for s, p in paths.bold(config).items()},
-                              "fmri": {key: fmri[key] for key in ("mask", "majority_fraction", "short_subjects")},
+        "fmri_mask": lambda: {"runs": _runs_table(config),
+                              "fmri": {**{key: fmri[key] for key in ("mask", "majority_fraction", "short_subjects")},
+                                       "confound_columns": _confound_columns(config)},
                               "tr": tr},
-        "normalize_fmri": lambda: {"normalize_on": fmri["normalize_on"]},
+        "normalize_fmri": lambda: {"normalize_on": fmri["normalize_on"], "cleaning": _cleaning(config)},
         "average_fmri": lambda: {},
         # Only which modalities are on: a frame size or a model change must not move the split.
         "plan_split": lambda: {"settings": config["split"], "shift_trs": fmri["shift_trs"],
@@ -59,6 +66,30 @@ def params(rule: str, config: dict) -> dict:
     return table[rule]()
 
 
+def _runs_table(config: dict) -> dict:
+    """Every subject's runs (:func:`giblet.paths.runs`), JSON-ready: str paths."""
+    return {subject: [{key: str(value) if key in paths.RUN_FILES and value is not None else value
+                       for key, value in run.items()} for run in entries]
+            for subject, entries in paths.runs(config).items()}
+
+
+def _confound_columns(config: dict) -> list[str]:
+    """The confounds TSV columns the fMRI stages read: none without confounds files."""
+    fmri = config["fmri"]
+    if not config["inputs"]["confounds"] or config["dataset"] == "demo":
+        return []
+    return list(fmri["confounds"]) + (["framewise_displacement"] if fmri["motion"]["fd_threshold_mm"] else [])
+
+
+def _cleaning(config: dict) -> dict:
+    """What normalize_fmri removes from each run (giblet.fmri.clean.Cleaning's fields)."""
+    fmri = config["fmri"]
+    with_table = bool(_confound_columns(config))
+    return {"tr": config["tr"], "confounds": list(fmri["confounds"]) if with_table else [],
+            "high_pass_hz": fmri["high_pass_hz"], "detrend": fmri["detrend"],
+            "fd_threshold_mm": fmri["motion"]["fd_threshold_mm"] if with_table else None}
+
+
 def _strs(value):
     return [str(p) for p in value] if isinstance(value, list) else str(value)
 
@@ -70,6 +101,7 @@ def outputs(rule: str, config: dict) -> dict:
     table = {
         "demo_dataset": lambda: {k: _strs(v) for k, v in paths.demo(config).items()},
         "extract_frames": lambda: {"frames": stim["frames"], "sidecar": stim["frames_sidecar"]},
+        "embed_frames": lambda: {"frame_features": stim["frame_features"], "sidecar": stim["frame_features_sidecar"]},
         "encode_audio": lambda: {"codes": stim["audio"], "sidecar": stim["audio_sidecar"]},
         "embed_text": lambda: {"text": stim["text"], "mask": stim["text_mask"], "library": stim["text_annotations"],
                                "sidecar": stim["text_sidecar"]},
@@ -109,16 +141,24 @@ def inputs(rule: str, config: dict, subject: str | None = None) -> dict:
     table = {
         "demo_dataset": lambda: {},
         "extract_frames": lambda: {"movie": movie},
+        "embed_frames": lambda: {"movie": movie},
         "encode_audio": lambda: {"movie": movie},
         "embed_text": lambda: {"annotations": paths.annotations(config) if config["stimulus"]["text"]["enabled"]
                                else [], "movie": movie},
         # A mask given as a file is an input, so that editing it reruns the fMRI chain.
-        "fmri_mask": lambda: {"bold": list(paths.bold(config).values()),
-                              "mask_file": config["fmri"]["mask"] if user_mask else []},
+        # With inputs.runs, each run is checked against its segment of the movie.
+        "fmri_mask": lambda: {"bold": paths.run_files(config, "bold"),
+                              "confounds": paths.run_files(config, "confounds"),
+                              "brain_mask": paths.run_files(config, "brain_mask"),
+                              "mask_file": config["fmri"]["mask"] if user_mask else [],
+                              "movie": movie if config["dataset"] == "files" and config["inputs"]["runs"] else []},
         # The split is a file the stage reads, not a param read from it while the DAG is built: so the
         # training block is always the one this very run wrote (a param from a checkpoint that reruns
         # in the same invocation is a placeholder).
-        "normalize_fmri": lambda: {"bold": paths.bold(config)[subject], "mask": fmri["mask"], "info": fmri["info"],
+        "normalize_fmri": lambda: {"bold": paths.run_files(config, "bold", subject),
+                                   "confounds": paths.run_files(config, "confounds", subject)
+                                   if _confound_columns(config) else [],
+                                   "mask": fmri["mask"], "info": fmri["info"],
                                    "split": data["split"] if config["fmri"]["normalize_on"] != "all" else []},
         # Every configured subject's z (a dropped one's is empty): the stage keeps those fmri.json lists.
         "average_fmri": lambda: {"z": [str(fmri["z"]).format(subject=s) for s in paths.subjects(config)],

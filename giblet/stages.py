@@ -47,6 +47,19 @@ def extract_frames(*, movie, frames, sidecar, settings, tr, threads=1, progress=
 
 
 @stage
+def embed_frames(*, movie, frame_features, sidecar, settings, tr, threads=1, gpus=0, progress=True):
+    """Frozen CLIP image embeddings of the frames sampled per TR: float16 (T, frames_per_tr, d)."""
+    import torch
+
+    from giblet.devices import job_device
+    from giblet.stimulus.frame_features import embed_frames as embed
+
+    torch.set_num_threads(threads)
+    clip = {**settings["clip"], "device": job_device(settings["clip"]["device"], gpus, "stimulus.frames.clip.device")}
+    return embed(movie, frame_features, tr, {**settings, "clip": clip}, progress=progress)
+
+
+@stage
 def encode_audio(*, movie, codes, sidecar, settings, tr, threads=1, gpus=0, progress=True):
     """EnCodec codes per TR: int16 (T, n_q, frames_per_tr)."""
     import torch
@@ -73,22 +86,24 @@ def embed_text(*, annotations, movie, text, mask, library, sidecar, settings, tr
 
 
 @stage
-def fmri_mask(*, bold, mask_file, mask, info, bold_by_subject, fmri, tr, progress=True):
-    """Check every subject (shape, affine, TR, length) and build the shared mask (``mask_file``, when
-    ``fmri.mask`` is a path, is read through ``fmri``)."""
+def fmri_mask(*, bold, confounds, brain_mask, mask_file, movie, mask, info, runs, fmri, tr, progress=True):
+    """Check every subject's runs (shape, affine, TR, length, confounds columns) and build the shared
+    mask. The files are read through ``runs``; ``movie`` is given when the runs are placed on its clock
+    (``inputs.runs``); ``mask_file``, when ``fmri.mask`` is a path, is read through ``fmri``."""
     from giblet.fmri.mask import prepare_fmri
 
-    return prepare_fmri({s: Path(p) for s, p in bold_by_subject.items()}, tr, fmri, Path(mask), Path(info))
+    return prepare_fmri(runs, tr, fmri, Path(mask), Path(info), movie=Path(movie) if movie else None)
 
 
 @stage
-def normalize_fmri(*, bold, mask, info, split, z, sidecar, stats, normalize_on, progress=True):
-    """Z-score one subject's masked time series, fitted on every TR or on the split's training block."""
+def normalize_fmri(*, bold, confounds, mask, info, split, z, sidecar, stats, normalize_on, cleaning, progress=True):
+    """Clean each of one subject's runs, join them and z-score the masked time series, fitted on every
+    TR or on the split's training block (``confounds`` are read through ``info``)."""
     from giblet.fmri.normalize import normalize_fitted_on
     from giblet.splits import read_training_block
 
     fit = "all" if normalize_on == "all" else read_training_block(split)
-    return normalize_fitted_on(bold, mask, info, fit, z, stats)
+    return normalize_fitted_on(bold, mask, info, fit, z, stats, cleaning=cleaning, progress=progress)
 
 
 @stage

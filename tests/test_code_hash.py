@@ -41,9 +41,10 @@ def changed_stages(root: Path, module: str) -> set[str]:
 CASES = {
     "fmri/nifti.py": ({"fmri_mask", "evaluate"}, {"extract_frames", "normalize_fmri", "train", "plan_split"}),
     "fmri/inputs.py": ({"fmri_mask", "normalize_fmri"}, {"average_fmri", "extract_frames", "evaluate"}),
-    "stimulus/media.py": ({"plan_split", "extract_frames", "encode_audio", "embed_text"},
-                          {"fmri_mask", "training_summary"}),
-    "timing.py": ({"plan_split", "extract_frames"}, {"fmri_mask", "training_summary"}),
+    # fmri_mask probes the movie to place the runs on its clock.
+    "stimulus/media.py": ({"plan_split", "extract_frames", "encode_audio", "embed_text", "fmri_mask"},
+                          {"examine_weights", "training_summary"}),
+    "timing.py": ({"plan_split", "extract_frames", "fmri_mask"}, {"training_summary"}),
     "splits.py": ({"assemble_dataset", "train", "plan_split", "normalize_fmri", "average_fmri"},
                   {"extract_frames", "fmri_mask", "training_summary"}),
     "evaluate/figures.py": ({"training_summary"}, {"train", "fmri_mask", "extract_frames"}),

@@ -61,9 +61,15 @@ def masked(path, mask_path) -> np.ndarray:
     return np.asarray(nib.load(path).dataobj, dtype=np.float64)[mask].T
 
 
+def single_runs(bold: dict) -> dict:
+    """One run per subject, as giblet.paths.runs gives without inputs.runs."""
+    return {sub: [{"run": None, "session": None, "start_s": 0.0, "dummy_volumes": 0, "bold": path,
+                   "confounds": None, "brain_mask": None}] for sub, path in bold.items()}
+
+
 def prepared(tmp_path, bold, params=PARAMS):
     out = tmp_path / "fmri"
-    info = prepare_fmri(bold, TR, params, out / "mask.nii.gz", out / "info.json")
+    info = prepare_fmri(single_runs(bold), TR, params, out / "mask.nii.gz", out / "info.json")
     return info, out / "mask.nii.gz"
 
 
@@ -271,7 +277,7 @@ def test_mask_criteria_are_counted(tmp_path):
 
     bold = make_subjects(tmp_path / "in", n=3, n_trs=30, edit=edit)
     info = check_bold_inputs(bold, TR)
-    report = build_mask(bold, info, "intersection", 0.5, tmp_path / "mask.nii.gz")
+    report = build_mask(info, "intersection", 0.5, tmp_path / "mask.nii.gz")
     outside = int((~brain).sum())
     assert report["removed"] == {"non_finite": 2, "constant": outside + 1}
     assert report["n_voxels"] == brain.sum() - 3
@@ -282,7 +288,7 @@ def test_mask_criteria_are_counted(tmp_path):
     assert np.allclose(nib.load(tmp_path / "mask.nii.gz").affine, AFFINE)
 
     # majority (2 of 3): each planted voxel is valid in 2 subjects, so it stays ...
-    report = build_mask(bold, info, "majority", 0.5, tmp_path / "majority.nii.gz")
+    report = build_mask(info, "majority", 0.5, tmp_path / "majority.nii.gz")
     assert report["n_voxels"] == brain.sum() and report["n_voxels_invalid_in_some_subjects"] == 3
     assert report["removed"] == {"non_finite": 0, "constant": outside} and report["min_subjects_valid"] == 2
     # ... and normalize writes z = 0 there, and counts it
@@ -293,7 +299,7 @@ def test_mask_criteria_are_counted(tmp_path):
     z, stats = np.load(out), np.load(out.with_name("s.npz"))
     assert not z[:, column].any() and np.isfinite(z).all() and int(stats["n_non_finite"]) == 1
     # all three must be valid: the planted voxels are gone
-    report = build_mask(bold, info, "majority", 1.0, tmp_path / "all.nii.gz")
+    report = build_mask(info, "majority", 1.0, tmp_path / "all.nii.gz")
     assert report["n_voxels"] == brain.sum() - 3 and report["removed"]["non_finite"] == 2
 
 
@@ -311,7 +317,7 @@ def test_given_and_mni_masks_are_resampled_and_intersected(tmp_path):
     fine = np.zeros((20, 24, 16), np.uint8)
     fine[:, :, :8] = 1
     nib.Nifti1Image(fine, fine_affine).to_filename(tmp_path / "given.nii.gz")
-    report = build_mask(bold, info, str(tmp_path / "given.nii.gz"), 0.5, tmp_path / "mask.nii.gz")
+    report = build_mask(info, str(tmp_path / "given.nii.gz"), 0.5, tmp_path / "mask.nii.gz")
     mask = np.asarray(nib.load(tmp_path / "mask.nii.gz").dataobj) > 0
     assert np.array_equal(mask[:, :, :4], brain[:, :, :4]) and not mask[:, :, 4:].any()
     assert report["removed"]["outside_mask"] == 10 * 12 * 4 and report["method"] == "path"
@@ -322,7 +328,7 @@ def test_given_and_mni_masks_are_resampled_and_intersected(tmp_path):
     bold20 = {s: write_bold(tmp_path / f"coarse-{s}.nii.gz", nib.load(p).get_fdata(), coarse)
               for s, p in bold.items()}
     info20 = check_bold_inputs(bold20, TR)
-    report = build_mask(bold20, info20, "mni", 0.5, tmp_path / "mni.nii.gz")
+    report = build_mask(info20, "mni", 0.5, tmp_path / "mni.nii.gz")
     target = nib.Nifti1Image(np.zeros(SHAPE, np.uint8), coarse)
     mni = np.asarray(resample_to_img(load_mni152_brain_mask(resolution=20), target, interpolation="nearest",
                                      force_resample=True, copy_header=True).dataobj) > 0
@@ -424,7 +430,7 @@ def test_bad_input_names_the_file_and_leaves_nothing(tmp_path, kind):
     out.mkdir()
     (out / "mask.nii.gz").write_bytes(b"an earlier run's output")
     with pytest.raises(InputError) as err:
-        prepare_fmri(bold, TR, PARAMS, out / "mask.nii.gz", out / "info.json")
+        prepare_fmri(single_runs(bold), TR, PARAMS, out / "mask.nii.gz", out / "info.json")
     assert err.value.path == bold["03"]
     assert str(err.value).startswith(str(bold["03"]))
     for words in BAD_INPUTS[kind]:

@@ -3,7 +3,7 @@
 import pytest
 
 from giblet.config import load_config
-from giblet.splits import SplitError, plan_split, usable_targets
+from giblet.splits import SplitError, plan_split
 
 
 def split_params(*overrides):
@@ -35,8 +35,8 @@ def test_no_training_window_touches_a_validation_or_test_target(n_trs, shift, la
 
 def test_fractions_are_respected_and_buffers_are_the_lag():
     split = plan_split(440, 440, split_params())
-    first, stop = usable_targets(440, 440, 10, 0)
-    assert (first, stop) == (9, 440)
+    first, stop = 9, 440  # the first window [0, 10) ends at target 9; the last target is the last TR
+    assert min(split.targets("train")) == first and max(split.targets("test")) == stop - 1
     sizes = {n: b - a for n, (a, b) in split.ranges.items()}
     assert sum(sizes.values()) == stop - first - 2 * 10
     assert sizes["train"] / sum(sizes.values()) == pytest.approx(0.7, abs=0.01)
@@ -62,3 +62,54 @@ def test_stimulus_shorter_than_fmri_limits_the_targets():
     split = plan_split(440, 400, split_params(), shift_trs=2)
     last = max(b for _, b in split.ranges.values()) - 1
     assert split.window(last)[1] <= 400
+
+
+# Two runs: run 1 shows stimulus TRs [0, 70) as timeline TRs [0, 70); run 2 shows [80, 160) (the movie
+# skips 10 TRs between the scans) as timeline TRs [70, 150).
+TWO_RUNS = ((0, 70, 0, 70), (70, 150, 80, 160))
+
+
+@pytest.mark.parametrize("shift", [0, 2])
+def test_no_window_crosses_a_run_boundary(shift):
+    lag = 5
+    split = plan_split(150, 160, split_params(f"split.lag_trs={lag}"), shift, runs=TWO_RUNS)
+    used = [t for name in split.ranges for t in split.targets(name)]
+    assert used
+    for t in used:
+        a, b = split.window(t)
+        run = TWO_RUNS[0] if t < 70 else TWO_RUNS[1]
+        assert run[2] <= a and b <= run[3], (t, a, b)
+        assert b - a == lag
+        # Within its run, target t sees the stimulus at its own movie time (plus the pre-shift).
+        assert b - 1 == run[2] + (t - run[0]) + shift
+    # Every target whose window would reach back into run 1 (or past run 1's end) is left out.
+    crossing = {t for t in range(150) if not split.usable(t)}
+    expected = {t for t in range(70) if t < lag - 1 - shift or t + shift >= 70}
+    expected |= {t for t in range(70, 150) if t - 70 < lag - 1 - shift or 80 + t - 70 + shift >= 160}
+    assert crossing == expected
+    assert not crossing & set(used)
+
+
+def test_fractions_count_only_usable_targets_across_runs():
+    split = plan_split(150, 160, split_params("split.lag_trs=5"), 0, runs=TWO_RUNS)
+    usable = [t for t in range(150) if split.usable(t)]
+    n = {name: len(split.targets(name)) for name in split.ranges}
+    buffered = len(usable) - sum(n.values())
+    assert 0 < buffered <= 2 * 5  # at most one buffer between consecutive blocks
+    assert n["train"] / sum(n.values()) == pytest.approx(0.7, abs=0.03)
+    ordered = sorted(split.ranges.values())
+    assert all(b[0] - a[1] >= 5 for a, b in zip(ordered, ordered[1:]))
+
+
+def test_a_block_with_only_crossing_windows_is_an_error():
+    with pytest.raises(SplitError, match="no usable target"):
+        plan_split(150, 160, split_params("split.lag_trs=5", "split.ranges={train: [5, 60], test: [70, 73]}"),
+                   0, runs=TWO_RUNS)
+
+
+def test_a_split_round_trips_its_runs_and_old_splits_have_none():
+    split = plan_split(150, 160, split_params("split.lag_trs=5"), 0, runs=TWO_RUNS)
+    again = type(split).from_dict(split.to_dict())
+    assert again == split and again.runs == TWO_RUNS
+    old = {k: v for k, v in split.to_dict().items() if k != "runs"}
+    assert type(split).from_dict(old).runs is None

@@ -21,7 +21,7 @@ from giblet.splits import Split
 log = logging.getLogger(__name__)
 
 # Stimulus arrays, by role, and the sidecar that describes each (text_mask shares text's sidecar).
-STIMULUS_ROLES = ("frames", "audio_codes", "text", "text_mask")
+STIMULUS_ROLES = ("frames", "frame_features", "audio_codes", "text", "text_mask")
 
 
 def _describe(path: Path) -> dict:
@@ -40,14 +40,14 @@ def assemble_dataset(stimulus: dict[str, Path], fmri_group: Path, mask: Path, sp
                      truth: Path | None = None) -> dict:
     """Check the stage outputs against each other and the split, and write ``out_manifest``.
 
-    ``stimulus`` maps roles (``frames``, ``audio_codes``, ``text``, ``text_mask``) to ``.npy``
+    ``stimulus`` maps roles (``frames``, ``frame_features``, ``audio_codes``, ``text``, ``text_mask``) to ``.npy``
     paths; absent roles are disabled modalities. Raises InputError naming the file when an array is
     shorter than the split needs or disagrees with the mask. Returns the manifest's JSON dict
     (:meth:`Manifest.to_dict`); read the file back with :func:`giblet.data.manifest.read_manifest`.
     """
     split = Split.from_dict(json.loads(Path(split_json).read_text()))
-    last_target = max(stop for _, stop in split.ranges.values()) - 1
-    stimulus_needed = split.window(last_target)[1]
+    last_target = max(split.targets(name)[-1] for name in split.ranges)
+    stimulus_needed = max(split.window(split.targets(name)[-1])[1] for name in split.ranges)
     arrays, modalities = {}, {}
     for role in STIMULUS_ROLES:
         if role not in stimulus:
@@ -59,6 +59,9 @@ def assemble_dataset(stimulus: dict[str, Path], fmri_group: Path, mask: Path, sp
     if "frames" in arrays:
         _, slots, height, width, _ = arrays["frames"]["shape"]
         modalities["frames"] = {"frames_per_tr": slots, "height": height, "width": width}
+    if "frame_features" in arrays:
+        _, slots, dim = arrays["frame_features"]["shape"]
+        modalities["frame_features"] = {"frames_per_tr": slots, "dim": dim}
     if "audio_codes" in arrays:
         sidecar = read_sidecar(stimulus["audio_codes"])
         modalities["audio"] = {"n_q": arrays["audio_codes"]["shape"][1],
@@ -87,7 +90,7 @@ def assemble_dataset(stimulus: dict[str, Path], fmri_group: Path, mask: Path, sp
     manifest = Manifest(
         tr=tr, split=split, lag_trs=split.lag_trs, shift_trs=split.shift_trs, n_voxels=n_voxels,
         affine=mask_img.affine.tolist(),
-        n_targets={name: stop - start for name, (start, stop) in split.ranges.items()},
+        n_targets={name: len(split.targets(name)) for name in split.ranges},
         modalities=modalities, arrays={role: ArrayFile.from_dict(entry, Path(out_manifest), role)
                                        for role, entry in arrays.items()},
         path=Path(out_manifest))

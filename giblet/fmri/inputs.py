@@ -66,8 +66,9 @@ def _raw_layout(image: nib.spatialimages.SpatialImage) -> tuple[str, int, np.dty
 
 
 def iter_chunks(image: nib.spatialimages.SpatialImage, path: Path, n_trs: int,
-                chunk_trs: int) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield ``(start, data)`` for TRs ``[0, n_trs)`` in order; ``data`` is (x, y, z, c), scaled.
+                chunk_trs: int, first: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(start, data)`` for TRs ``[first, first + n_trs)`` in order, ``start`` counted from
+    ``first``; ``data`` is (x, y, z, c), scaled. ``first`` skips a run's dummy volumes.
 
     NIfTI volumes are read straight from the file (decompressing a ``.nii.gz`` forwards, once) into
     one reused buffer: no per-chunk allocation, so a consumer must copy what it keeps. ``data.T`` is
@@ -80,18 +81,19 @@ def iter_chunks(image: nib.spatialimages.SpatialImage, path: Path, n_trs: int,
         for start in range(0, n_trs, chunk_trs):
             stop = min(start + chunk_trs, n_trs)
             try:
-                yield start, np.asarray(image.dataobj[..., start:stop])
+                yield start, np.asarray(image.dataobj[..., first + start:first + stop])
             except Exception as err:
-                raise InputError(path, f"cannot read TRs {start}-{stop - 1} ({type(err).__name__}: {err})") from err
+                raise InputError(path, f"cannot read TRs {first + start}-{first + stop - 1} "
+                                       f"({type(err).__name__}: {err})") from err
         return
     filename, offset, dtype, slope, inter = layout
     buffer = np.empty((min(chunk_trs, n_trs),) + tuple(image.shape[:3])[::-1], dtype=dtype)
     scaled = np.empty(buffer.shape, dtype=np.float32) if (slope, inter) != (1.0, 0.0) else None
     with ImageOpener(filename, "rb") as f:
-        f.seek(offset)
+        f.seek(offset + first * buffer[0].nbytes)  # forwards only: a .nii.gz decompresses the dummies once
         for start in range(0, n_trs, chunk_trs):
             raw = buffer[:min(chunk_trs, n_trs - start)]
-            _read_exactly(f, raw, path, start)
+            _read_exactly(f, raw, path, first + start)
             if scaled is not None:
                 raw = np.multiply(raw, slope, out=scaled[:len(raw)], casting="unsafe")
                 raw += inter
@@ -228,8 +230,69 @@ def check_bold_inputs(bold: dict[str, Path], tr: float, short_subjects: str = "e
             raise InputError(path, f"has {per_subject[sub]['usable_trs']} usable TRs (of {n_trs}); need at least 2")
 
     kept, n_trs, dropped, truncated = _common_length(per_subject, bold, short_subjects)
+    for sub, facts in per_subject.items():
+        facts["runs"] = [{"bold": facts["path"], "confounds": None, "brain_mask": None,
+                          "n_volumes_in_file": facts["n_trs"]}]
+    # One run per subject, from the movie's start to its end (``stimulus`` end None: the movie decides).
+    runs = [{"run": None, "session": None, "start_s": 0.0, "dummy_volumes": 0, "n_volumes": n_trs,
+             "fmri": [0, n_trs], "stimulus": [0, None]}]
     return {
         "subjects": kept, "n_trs": n_trs, "shape": [int(n) for n in reference["shape"]],
         "affine": np.asarray(reference["affine"], dtype=float).tolist(), "tr": float(tr),
-        "per_subject": per_subject, "dropped": dropped, "truncated": truncated,
+        "per_subject": per_subject, "dropped": dropped, "truncated": truncated, "runs": runs,
     }
+
+
+def _run_files(run: dict) -> dict:
+    return {key: (str(run[key]) if run.get(key) else None) for key in ("bold", "confounds", "brain_mask")}
+
+
+def check_run_inputs(runs: dict[str, list[dict]], tr: float, movie_duration_s: float,
+                     confound_columns: list[str] = ()) -> dict:
+    """Check every subject's runs (``inputs.runs``): geometry, TR, finite data, each run's length
+    against its movie segment (:mod:`giblet.fmri.runs`), and that each confounds file has a row per
+    volume and the ``confound_columns``. Returns the same facts as :func:`check_bold_inputs` (every
+    subject kept, ``n_trs`` the joined timeline's length) plus ``"runs"``, the timeline, and per
+    subject ``"runs"``: its files and volume counts. Headers are checked before any data is read.
+    """
+    from giblet.fmri.confounds import check_table
+    from giblet.fmri.runs import check_run_length, plan_timeline
+
+    reference, images = None, {}
+    for sub, entries in runs.items():
+        for run in entries:
+            path = Path(run["bold"])
+            image = load_bold(path)
+            _check_geometry(path, image, reference, tr)
+            if reference is None:
+                reference = {"path": path, "shape": image.shape[:3], "affine": image.affine}
+            images[path] = image
+            if run["dummy_volumes"] >= image.shape[3]:
+                raise InputError(path, f"has {image.shape[3]} volumes, not more than its {run['dummy_volumes']} "
+                                       f"dummy volumes (inputs.runs)")
+    first = next(iter(runs.values()))
+    table = [{key: run[key] for key in ("run", "session", "start_s", "dummy_volumes")} for run in first]
+    kept = [images[Path(run["bold"])].shape[3] - run["dummy_volumes"] for run in first]
+    timeline = plan_timeline(table, kept, tr, movie_duration_s, [Path(run["bold"]) for run in first])
+
+    per_subject = {}
+    for sub, entries in runs.items():
+        facts = []
+        for run, placed in zip(entries, timeline):
+            path = Path(run["bold"])
+            n_file = int(images[path].shape[3])
+            check_run_length(path, n_file, placed, tr)
+            if run.get("confounds"):
+                check_table(Path(run["confounds"]), list(confound_columns), n_file)
+            facts.append({**_run_files(run), "n_volumes_in_file": n_file})
+        for run in entries:
+            scan = _scan_subject(images[Path(run["bold"])], Path(run["bold"]))
+            if not scan["any_finite"]:
+                raise InputError(run["bold"], "holds no finite value (all NaN or Inf)")
+        n_trs = timeline[-1]["fmri"][1]
+        per_subject[sub] = {"path": str(entries[0]["bold"]), "n_trs": n_trs, "usable_trs": n_trs,
+                            "trailing_constant_trs": 0, "runs": facts}
+    return {"subjects": list(runs), "n_trs": timeline[-1]["fmri"][1], "shape": [int(n) for n in reference["shape"]],
+            "affine": np.asarray(reference["affine"], dtype=float).tolist(), "tr": float(tr),
+            "per_subject": per_subject, "dropped": [], "truncated": {}, "runs": timeline}
+

@@ -28,7 +28,7 @@ import numpy as np
 
 from giblet.errors import InputError
 from giblet.files import atomic_output_dir, write_json
-from giblet.fmri.inputs import check_bold_inputs, iter_chunks, load_bold
+from giblet.fmri.inputs import check_bold_inputs, check_run_inputs, iter_chunks, load_bold
 from giblet.fmri.nifti import read_mask_nifti
 
 log = logging.getLogger(__name__)
@@ -36,23 +36,45 @@ log = logging.getLogger(__name__)
 METHODS = ("intersection", "majority", "mni")
 
 
-def subject_validity(path: Path, n_trs: int, chunk_trs: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Per-voxel flags of one subject over TRs ``[0, n_trs)``: (finite everywhere, not constant).
+def subject_validity(reads: list[dict], chunk_trs: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Per-voxel flags of one subject: (finite in every volume used, not constant within any run).
 
-    Both are bool arrays of the spatial shape (x, y, z). Read in time chunks, in order.
+    ``reads`` are the subject's runs (:func:`giblet.fmri.runs.subject_reads`): file, dummies skipped,
+    volumes used. Both flags are bool arrays of the spatial shape (x, y, z). Read in time chunks, in
+    order. A voxel constant within a run is flat there once the run's mean is removed, so it must vary
+    in every run.
     """
-    image = load_bold(path)
-    finite = nonconstant = first = None
-    for _, data in iter_chunks(image, path, n_trs, chunk_trs):
-        volumes = data.T.reshape(data.shape[3], -1)  # (c, voxels), voxels in the file's (F) order
-        if first is None:
-            first = volumes[0].copy()
-            finite = np.ones(first.size, dtype=bool)
-            nonconstant = np.zeros(first.size, dtype=bool)
-        finite &= np.isfinite(volumes).all(axis=0)
-        nonconstant |= (volumes != first).any(axis=0)
-    shape = image.shape[:3]
+    finite = nonconstant = None
+    for read in reads:
+        path = Path(read["bold"])
+        image = load_bold(path)
+        first = varies = None
+        for _, data in iter_chunks(image, path, read["n"], chunk_trs, first=read["first"]):
+            volumes = data.T.reshape(data.shape[3], -1)  # (c, voxels), voxels in the file's (F) order
+            if first is None:
+                first = volumes[0].copy()
+                varies = np.zeros(first.size, dtype=bool)
+                finite = np.ones(first.size, dtype=bool) if finite is None else finite
+            finite &= np.isfinite(volumes).all(axis=0)
+            varies |= (volumes != first).any(axis=0)
+        nonconstant = varies if nonconstant is None else nonconstant & varies
+        shape = image.shape[:3]
     return finite.reshape(shape, order="F"), nonconstant.reshape(shape, order="F")
+
+
+def brain_masks(info: dict, method: str, majority_fraction: float) -> np.ndarray | None:
+    """The runs' own brain masks (fMRIPrep's ``desc-brain_mask``) combined as the method says: in every
+    mask (``intersection``, ``mni`` or a path) or in at least ``majority_fraction`` of them (``majority``).
+    None when no run has one. (x, y, z) bool on the data grid."""
+    paths = [Path(run["brain_mask"]) for facts in info["per_subject"].values() if facts.get("runs")
+             for run in facts["runs"] if run.get("brain_mask")]
+    if not paths:
+        return None
+    count = np.zeros(info["shape"], dtype=np.int32)
+    for path in paths:
+        count += given_mask(path, info)
+    need = len(paths) if method != "majority" else max(1, math.ceil(majority_fraction * len(paths) - 1e-9))
+    return count >= need
 
 
 def _data_grid(info: dict) -> nib.Nifti1Image:
@@ -110,17 +132,21 @@ def _select(method: str, majority_fraction: float, finite: np.ndarray, valid: np
     return keep, removed, need
 
 
-def build_mask(bold: dict[str, Path], info: dict, method: str, majority_fraction: float, out_mask: Path) -> dict:
+def build_mask(info: dict, method: str, majority_fraction: float, out_mask: Path) -> dict:
     """Build the shared mask of the kept subjects, write it to ``out_mask`` (uint8 NIfTI), return a report.
 
-    ``info`` is :func:`giblet.fmri.inputs.check_bold_inputs`'s result. The report is
-    ``{"method", "n_voxels", "removed": {criterion: n}, "per_subject": {id: {"non_finite_voxels",
-    "constant_voxels"}}, ...}``; see the module docstring for the methods and criteria.
+    ``info`` is :func:`giblet.fmri.inputs.check_bold_inputs`'s (or ``check_run_inputs``') result:
+    the runs to read. When runs have brain masks, a voxel must also be in them (all, or a majority
+    for ``majority``). The report is ``{"method", "n_voxels", "removed": {criterion: n},
+    "per_subject": {id: {"non_finite_voxels", "constant_voxels"}}, ...}``; see the module docstring
+    for the methods and criteria.
     """
+    from giblet.fmri.runs import subject_reads
+
     subjects = info["subjects"]
     finite, valid, per_subject = [], [], {}
     for sub in subjects:
-        ok, varies = subject_validity(Path(bold[sub]), info["n_trs"])
+        ok, varies = subject_validity(subject_reads(info, sub))
         finite.append(ok)
         valid.append(ok & varies)
         per_subject[sub] = {"non_finite_voxels": int((~ok).sum()), "constant_voxels": int((ok & ~varies).sum())}
@@ -133,10 +159,14 @@ def build_mask(bold: dict[str, Path], info: dict, method: str, majority_fraction
         allowed = None
     else:
         allowed, source = given_mask(Path(method), info), str(method)
+    from_runs = brain_masks(info, method, majority_fraction)
+    if from_runs is not None:
+        allowed = from_runs if allowed is None else allowed & from_runs
+        source = "the runs' brain masks" + (f" and {source}" if source else "")
     mask, removed, need = _select(method, majority_fraction, finite, valid, allowed)
     n_voxels = int(mask.sum())
     if n_voxels == 0:
-        blame = Path(method) if source and method != "mni" else Path(bold[subjects[0]])
+        blame = Path(method) if method not in METHODS else Path(info["per_subject"][subjects[0]]["path"])
         raise InputError(blame, f"the {method!r} mask keeps no voxel (removed: {removed}); "
                                 f"are the data and mask in the same space?")
 
@@ -144,7 +174,7 @@ def build_mask(bold: dict[str, Path], info: dict, method: str, majority_fraction
     image.header.set_xyzt_units("mm", "sec")
     image.to_filename(out_mask)
     report = {
-        "method": "path" if source and method != "mni" else method, "n_voxels": n_voxels,
+        "method": "path" if method not in METHODS else method, "n_voxels": n_voxels,
         "n_grid_voxels": int(mask.size), "removed": removed, "per_subject": per_subject,
         "n_subjects": len(subjects), "min_subjects_valid": need,
         "n_voxels_invalid_in_some_subjects": int((mask & ~valid.all(axis=0)).sum()),
@@ -157,20 +187,40 @@ def build_mask(bold: dict[str, Path], info: dict, method: str, majority_fraction
     return report
 
 
-def prepare_fmri(bold: dict[str, Path], tr: float, params: dict, out_mask: Path, out_info: Path) -> dict:
+def prepare_fmri(runs: dict[str, list[dict]], tr: float, params: dict, out_mask: Path, out_info: Path,
+                 movie: Path | None = None) -> dict:
     """The ``fmri_mask`` stage: check the inputs, build the mask, write both files atomically.
 
-    ``params`` is the config's ``fmri`` section (``mask``, ``majority_fraction``, ``short_subjects``
-    are used here). Writes ``out_mask`` (uint8 NIfTI) and ``out_info`` (JSON: the checked facts plus
+    ``runs`` maps each subject to its runs (:func:`giblet.paths.runs`). With ``movie`` (the runs
+    were listed in ``inputs.runs``), each run is placed on the movie's clock and checked against its
+    segment (:func:`giblet.fmri.inputs.check_run_inputs`); without, each subject has one file and
+    ``short_subjects`` applies. ``params`` holds the config's ``fmri`` keys ``mask``,
+    ``majority_fraction``, ``short_subjects``, and ``confound_columns``: the columns every confounds
+    file must have. Writes ``out_mask`` (uint8 NIfTI) and ``out_info`` (JSON: the checked facts plus
     ``"mask": report``), which must share a directory. On any error neither file is written and
     existing files are untouched. Returns the info dict as written.
     """
+    from giblet.fmri.confounds import check_table
+
     out_mask, out_info = Path(out_mask), Path(out_info)
     if out_mask.parent.resolve() != out_info.parent.resolve():
         raise ValueError(f"{out_mask} and {out_info} must be in the same directory")
-    info = check_bold_inputs(bold, tr, params.get("short_subjects", "error"))
+    columns = list(params.get("confound_columns", []))
+    if movie is not None:
+        from giblet.stimulus.media import probe_movie
+
+        info = check_run_inputs(runs, tr, probe_movie(movie).duration_s, columns)
+    else:
+        info = check_bold_inputs({s: Path(entries[0]["bold"]) for s, entries in runs.items()}, tr,
+                                 params.get("short_subjects", "error"))
+        for sub, facts in info["per_subject"].items():
+            run = runs[sub][0]
+            facts["runs"][0].update({key: str(run[key]) if run.get(key) else None
+                                     for key in ("confounds", "brain_mask")})
+            if run.get("confounds"):
+                check_table(Path(run["confounds"]), columns, facts["n_trs"])
     with atomic_output_dir(out_mask.parent) as tmp:
-        report = build_mask(bold, info, params.get("mask", "intersection"), params.get("majority_fraction", 0.5),
+        report = build_mask(info, params.get("mask", "intersection"), params.get("majority_fraction", 0.5),
                             tmp / out_mask.name)
         info = {**info, "mask": report}
         write_json(tmp / out_info.name, info)

@@ -1,0 +1,121 @@
+"""Cleaning one run of masked BOLD with nilearn: confounds, drift, high-motion volumes.
+
+Each run is cleaned on its own, before the runs are joined and z-scored (:mod:`giblet.fmri.normalize`):
+
+1. ``nilearn.signal.clean`` regresses out the confounds TSV's ``fmri.confounds`` columns (standardised,
+   as nilearn does), a linear trend (``fmri.detrend``) and a cosine drift basis below
+   ``fmri.high_pass_hz``, all in one least-squares fit, per voxel;
+2. the run's mean is removed, so runs acquired at different baselines join without a step (one
+   constant per run and voxel, learnt from no stimulus);
+3. high-motion volumes (``framewise_displacement`` above ``fmri.motion.fd_threshold_mm``) are
+   **interpolated**: nilearn leaves them out of the fit (its ``sample_mask``), and each is then
+   replaced by a cubic spline through the kept volumes of the run (the nearest kept volume at the
+   run's edges). The timeline keeps every volume, so it stays aligned with the movie; the sidecar
+   lists the interpolated volumes.
+
+Voxels are cleaned in blocks, so memory stays at the run's length x ``BLOCK_VOXELS`` in float64.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from giblet.fmri.confounds import FRAMEWISE_DISPLACEMENT, read_confounds
+
+log = logging.getLogger(__name__)
+
+BLOCK_VOXELS = 16384
+
+
+@dataclass(frozen=True)
+class Cleaning:
+    """What is removed from each run; see the module docstring. ``confounds`` are column names
+    (empty: none, or no confounds file); ``tr`` in seconds."""
+
+    tr: float
+    confounds: tuple[str, ...] = ()
+    high_pass_hz: float | None = None
+    detrend: bool = False
+    fd_threshold_mm: float | None = None
+
+    @classmethod
+    def from_params(cls, params: dict) -> "Cleaning":
+        """From the ``normalize_fmri`` rule's ``cleaning`` param (:func:`giblet.rules.params`)."""
+        return cls(tr=float(params["tr"]), confounds=tuple(params["confounds"]),
+                   high_pass_hz=params["high_pass_hz"], detrend=bool(params["detrend"]),
+                   fd_threshold_mm=params["fd_threshold_mm"])
+
+    def columns(self) -> list[str]:
+        """The confounds TSV columns read: the regressors, and the displacement when motion is handled."""
+        return list(self.confounds) + ([FRAMEWISE_DISPLACEMENT] if self.fd_threshold_mm is not None else [])
+
+    def removes_anything_but_the_mean(self) -> bool:
+        return bool(self.confounds or self.high_pass_hz or self.detrend or self.fd_threshold_mm is not None)
+
+
+def run_confounds(read: dict, cleaning: Cleaning) -> tuple[np.ndarray | None, np.ndarray]:
+    """One run's confound regressors (n, k) float64 or None, and its high-motion flags (n,) bool, for
+    the volumes used (dummies dropped). ``read`` is a :func:`giblet.fmri.runs.subject_reads` entry."""
+    n, first = read["n"], read["first"]
+    high_motion = np.zeros(n, dtype=bool)
+    if not read.get("confounds") or not cleaning.columns():
+        return None, high_motion
+    table = read_confounds(read["confounds"], cleaning.columns(), read["n_volumes_in_file"])[first:first + n]
+    if cleaning.fd_threshold_mm is not None:
+        high_motion = table[:, -1] > cleaning.fd_threshold_mm
+        table = table[:, :-1]
+    return (table if table.shape[1] else None), high_motion
+
+
+def clean_run(rows: np.ndarray, confounds: np.ndarray | None, high_motion: np.ndarray, cleaning: Cleaning) -> None:
+    """Clean one run's masked data ``rows`` (n, V) float32 in place; see the module docstring.
+
+    ``confounds`` (n, k) regressors or None; ``high_motion`` (n,) bool, the volumes to interpolate.
+    """
+    from nilearn.signal import clean
+
+    n = len(rows)
+    kept = np.flatnonzero(~high_motion)
+    if len(kept) < 2:
+        raise ValueError(f"only {len(kept)} of {n} volumes are below the motion threshold")
+    options = {"detrend": cleaning.detrend, "confounds": confounds, "standardize": False,
+               "filter": "cosine" if cleaning.high_pass_hz else False, "high_pass": cleaning.high_pass_hz,
+               "t_r": cleaning.tr, "sample_mask": kept if len(kept) < n else None}
+    notices = set()
+    for start in range(0, rows.shape[1], BLOCK_VOXELS):
+        block = rows[:, start:start + BLOCK_VOXELS].astype(np.float64)
+        if cleaning.removes_anything_but_the_mean():
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                cleaned = clean(block, **options)
+            # Into the rule's log, once per run: e.g. nilearn dropping its cosine basis because a
+            # confound already correlates with it above 0.9. Its notices about future defaults are noise.
+            notices.update(str(w.message) for w in caught if not issubclass(w.category, (FutureWarning,
+                                                                                        DeprecationWarning)))
+        else:
+            cleaned = block
+        cleaned = cleaned - cleaned.mean(axis=0)
+        rows[:, start:start + BLOCK_VOXELS] = interpolate_volumes(cleaned, kept, n) if len(kept) < n else cleaned
+    for notice in sorted(notices):
+        log.warning("nilearn.signal.clean: %s", notice)
+
+
+def interpolate_volumes(values: np.ndarray, kept: np.ndarray, n: int) -> np.ndarray:
+    """(n, V): ``values`` (len(kept), V) at volumes ``kept``, the others filled by a cubic spline in
+    time through the kept ones; before the first and after the last kept volume, the nearest one."""
+    from scipy.interpolate import CubicSpline
+
+    times = np.arange(n)
+    out = np.empty((n, values.shape[1]), dtype=values.dtype)
+    out[kept] = values
+    missing = np.setdiff1d(times, kept)
+    inside = missing[(missing > kept[0]) & (missing < kept[-1])]
+    if len(inside):
+        out[inside] = CubicSpline(kept, values, axis=0)(inside)
+    out[missing[missing < kept[0]]] = values[0]
+    out[missing[missing > kept[-1]]] = values[-1]
+    return out

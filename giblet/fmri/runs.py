@@ -1,0 +1,98 @@
+"""Runs (scans) on the movie's clock, and the one fMRI timeline they are joined into.
+
+A study often splits the movie across several scans. Run ``k`` of a subject is a 4-D file whose
+first ``dummy_volumes`` volumes are dropped (the scanner was not yet at steady state); its kept
+volume ``i`` shows the movie at ``start_s + i * tr`` seconds. The runs are joined in movie order
+into one fMRI timeline, and each keeps the stimulus TRs of its own movie segment, so:
+
+    timeline TR ``fmri[0] + i``  <->  stimulus TR ``stimulus[0] + i``  (``i`` < ``n_volumes``)
+
+The segment of run ``k`` ends where run ``k + 1`` starts (the last one at the movie's end); a run
+whose kept volumes do not fill its segment is an error naming the file. One volume more than the
+segment holds is allowed and not used (scanners often stop a volume late). The split planner
+(:mod:`giblet.splits`) reads the runs from ``fmri.json`` and never lets a window cross from one run
+into the next.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from giblet.errors import InputError
+from giblet.timing import n_trs as whole_trs
+
+EXTRA_VOLUMES_ALLOWED = 1
+START_TOLERANCE_TRS = 1e-3
+
+
+def _start_tr(start_s: float, tr: float, index: int) -> int:
+    """A run's start as a whole stimulus TR: the features sit on the TR grid from the movie's time 0."""
+    position = start_s / tr
+    if abs(position - round(position)) > START_TOLERANCE_TRS:
+        from giblet.config import ConfigError
+
+        raise ConfigError(f"invalid config key 'inputs.runs[{index}].start_s': {start_s:g} s is not a whole "
+                          f"number of TRs ({tr:g} s); the stimulus features are on the TR grid from the movie's "
+                          f"start, so trim the run (more dummy_volumes) or the movie to a TR boundary")
+    return int(round(position))
+
+
+def plan_timeline(table: list[dict], kept: list[int], tr: float, movie_duration_s: float,
+                  files: list[Path]) -> list[dict]:
+    """Place the runs on the movie's clock and on the joined fMRI timeline.
+
+    ``table`` is ``inputs.runs`` (``start_s`` None: where the previous run ends); ``kept`` the
+    volumes each run of the first subject has after its dummies; ``files`` that subject's BOLD
+    files (named in errors). Returns, per run, ``{"run", "session", "start_s", "dummy_volumes",
+    "n_volumes", "fmri": [a, b], "stimulus": [s, e]}``: timeline TRs ``[a, b)`` show stimulus TRs
+    ``[s, e)`` (``b - a == e - s == n_volumes``).
+    """
+    movie_trs = whole_trs(movie_duration_s, tr)
+    timeline, start, position = [], None, 0
+    for k, entry in enumerate(table):
+        if entry["start_s"] is not None:
+            given = _start_tr(entry["start_s"], tr, k)
+            if start is not None and given < start:
+                raise InputError(files[k], f"inputs.runs[{k}] starts at {entry['start_s']:g} s, before the end of "
+                                           f"the previous run's segment ({start * tr:g} s): list the runs in movie "
+                                           f"order, without overlap")
+            start = given
+        elif start is None:
+            start = 0
+        following = table[k + 1]["start_s"] if k + 1 < len(table) else None
+        if k + 1 == len(table):
+            end = movie_trs
+        elif following is not None:
+            end = _start_tr(following, tr, k + 1)
+        else:
+            end = start + kept[k]
+        if end <= start:
+            raise InputError(files[k], f"run starts at {start * tr:g} s, at or after the end of its movie segment "
+                                       f"({end * tr:g} s; the movie lasts {movie_duration_s:g} s)")
+        n = end - start
+        timeline.append({"run": entry["run"], "session": entry["session"], "start_s": start * tr,
+                         "dummy_volumes": entry["dummy_volumes"], "n_volumes": n,
+                         "fmri": [position, position + n], "stimulus": [start, end]})
+        position += n
+        start = end
+    return timeline
+
+
+def check_run_length(path: Path, n_file: int, run: dict, tr: float) -> None:
+    """Raise if a run's kept volumes (file volumes minus dummies) do not fill its movie segment."""
+    dummies, n = run["dummy_volumes"], run["n_volumes"]
+    kept = n_file - dummies
+    if n <= kept <= n + EXTRA_VOLUMES_ALLOWED:
+        return
+    segment = f"[{run['stimulus'][0] * tr:g}, {run['stimulus'][1] * tr:g}) s"
+    raise InputError(path, f"has {n_file} volumes: {kept} after its {dummies} dummy volumes ({kept * tr:g} s), but its "
+                           f"movie segment {segment} lasts {n} TRs ({n * tr:g} s); check inputs.runs (start_s, "
+                           f"dummy_volumes) and that the file is this run's")
+
+
+def subject_reads(info: dict, subject: str) -> list[dict]:
+    """What to read of one subject, run by run, from ``fmri.json``'s facts: ``{"bold", "confounds",
+    "brain_mask", "first" (dummy volumes skipped), "n" (volumes used), "fmri" ([a, b) on the timeline),
+    "n_volumes_in_file"}``."""
+    return [{**files, "first": run["dummy_volumes"], "n": run["n_volumes"], "fmri": run["fmri"]}
+            for files, run in zip(info["per_subject"][subject]["runs"], info["runs"])]
