@@ -95,6 +95,7 @@ BENCHMARKS = {
     "encodec_realtime": _lazy("encodec_speed", "encodec_realtime"),
     "clip_throughput": _lazy("clip_speed", "clip_throughput"),
     "normalize_memory": _lazy("fmri_memory", "normalize_memory"),
+    "fmri_cleaning": _lazy("fmri_cleaning", "fmri_cleaning"),
     "trainer_overhead": _lazy("training_speed", "trainer_overhead"),
     "checkpoint_overhead": _lazy("training_speed", "checkpoint_overhead"),
     "optimizer_memory": _lazy("training_speed", "optimizer_memory"),

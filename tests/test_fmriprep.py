@@ -237,9 +237,9 @@ def test_bids_discovery_fills_the_inputs_and_giblet_config_prints_it(fixture, tm
 
 def test_fmriprep_example_runs_end_to_end(workflow_copy):
     """config/fmriprep_example.yaml through Snakemake on the fixture, written where the file points."""
-    from tests.test_workflow import snakemake
+    from tests.test_workflow import planned_jobs, snakemake
 
-    write_fmriprep_like(workflow_copy / "data" / "fmriprep_example")
+    study = write_fmriprep_like(workflow_copy / "data" / "fmriprep_example")
     overlay = workflow_copy / "config" / "offline.yaml"
     # Offline: no pretrained EnCodec/CLIP weights here, so audio and text are off and training is short.
     overlay.write_text(yaml.safe_dump(apply_overrides({}, PIXELS_ONLY + ["train.epochs=2"])))
@@ -254,6 +254,21 @@ def test_fmriprep_example_runs_end_to_end(workflow_copy):
     assert manifest["arrays"]["fmri"]["shape"][0] == 150
     metrics = json.loads((results / "evaluate" / "metrics" / "metrics.json").read_text())
     assert metrics["n_test"] > 0
-    again = snakemake(workflow_copy, "--configfile", "config/fmriprep_example.yaml", "config/offline.yaml", "-n")
+    files = ("--configfile", "config/fmriprep_example.yaml", "config/offline.yaml")
+    again = snakemake(workflow_copy, *files, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    # What reruns (the README's table): a cleaning key reruns the z-scoring, not the mask or the features ...
+    (workflow_copy / "config" / "cleaning.yaml").write_text(yaml.safe_dump({"fmri": {"high_pass_hz": 0.02}}))
+    plan = planned_jobs(snakemake(workflow_copy, *files, "config/cleaning.yaml", "-n"))
+    assert plan.get("normalize_fmri") == 3 and plan.get("average_fmri") == 1, plan
+    assert not {"fmri_mask", "plan_split", "extract_frames"} & set(plan), plan
+    # ... and an edited confounds table reruns the fMRI chain from the mask on, not the features.
+    table = Path(study.path("confounds", "02", "1"))
+    edited = pd.read_csv(table, sep="\t", na_values="n/a")
+    edited["global_signal"] += 1.0  # a column giblet does not regress out: new content, same checks
+    edited.to_csv(table, sep="\t", index=False, na_rep="n/a")
+    plan = planned_jobs(snakemake(workflow_copy, *files, "-n"))
+    assert plan.get("fmri_mask") == 1 and plan.get("normalize_fmri") == 3, plan
+    assert "extract_frames" not in plan, plan
     shutil.rmtree(workflow_copy / "data")
