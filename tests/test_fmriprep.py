@@ -272,3 +272,26 @@ def test_fmriprep_example_runs_end_to_end(workflow_copy):
     assert plan.get("fmri_mask") == 1 and plan.get("normalize_fmri") == 3, plan
     assert "extract_frames" not in plan, plan
     shutil.rmtree(workflow_copy / "data")
+
+
+def test_run_patterns_and_keys_that_do_not_fit_are_config_errors(fixture, tmp_path):
+    config = study_config(fixture, tmp_path)
+    unlabelled = [{**run, "run": None} for run in config["inputs"]["runs"]]
+    with pytest.raises(ConfigError, match=r"inputs.bold.*\{run\}"):
+        paths.runs({**config, "inputs": {**config["inputs"], "runs": unlabelled}})
+    with pytest.raises(ConfigError, match="share a file"):
+        paths.runs({**config, "inputs": {**config["inputs"], "bold": fixture.bold.replace("{run}", "1")}})
+    with pytest.raises(ConfigError, match="fmri.motion.fd_threshold_mm"):
+        study_config(fixture, tmp_path, "inputs.confounds=null")
+
+
+def test_sessions_fill_their_placeholder(tmp_path):
+    study = write_fmriprep_like(tmp_path / "study", n_subjects=2, trs_per_run=(30, 30), session="1")
+    config = study_config(study, tmp_path / "results", "split.lag_trs=3")
+    runs = paths.runs(config)
+    assert [run["bold"].name for run in runs["01"]] == [
+        f"sub-01_ses-1_task-movie_run-{k}_space-{study.space}_desc-preproc_bold.nii.gz" for k in (1, 2)]
+    assert all(run[key].is_file() for entries in runs.values() for run in entries
+               for key in ("bold", "confounds", "brain_mask"))
+    run_stage("fmri_mask", config)
+    assert json.loads(Path(paths.fmri(config)["info"]).read_text())["n_trs"] == 60
