@@ -17,7 +17,6 @@ previous TR's ones happens only with ``fill_gaps: forward``.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +26,9 @@ import torch.nn.functional as F
 from giblet import logs
 from giblet.config import ConfigError
 from giblet.devices import resolve_device
-from giblet.errors import InputError
-from giblet.files import atomic_output_dir, sha256_file, write_sidecar
+from giblet.files import atomic_output_dir, write_sidecar
 from giblet.stimulus.annotations import COLUMN_PRESETS, read_annotations  # noqa: F401 (re-exported)
+from giblet.stimulus.clip_weights import load_clip
 from giblet.stimulus.media import probe_movie
 from giblet.timing import n_trs as count_trs
 
@@ -38,7 +37,6 @@ log = logging.getLogger(__name__)
 # Times within this fraction of a TR of a TR edge count as exactly on the edge (float rounding of
 # e.g. 4.5 / 1.5 must not make an annotation leak into the next TR); as in giblet.timing.
 _EDGE_EPS = 1e-6
-WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
 # ----------------------------------------------------------------------------- annotations -> TRs
@@ -108,70 +106,19 @@ def forward_fill(index: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- the model
 
-def _is_weights_path(pretrained: str) -> bool:
-    """Whether ``pretrained`` names a file (rather than an open_clip tag)."""
-    return (os.sep in pretrained or pretrained.startswith(("~", "."))
-            or pretrained.lower().endswith(WEIGHT_SUFFIXES) or Path(pretrained).exists())
-
-
-def _first_line(err: Exception, limit: int = 300) -> str:
-    """The start of an exception's message (load_state_dict lists every mismatched key)."""
-    text = str(err).strip().splitlines()
-    return (text[0] if text else type(err).__name__)[:limit]
-
-
 def load_text_model(model_name: str, pretrained: str, device: str, seed: int):
     """An open_clip model (text tower only, eval mode), its tokenizer and a weights id.
 
-    ``pretrained`` is one of:
-      - ``"none"``: random init after ``torch.manual_seed(seed)``. DEMO ONLY: the embeddings are
-        deterministic and distinct per text but carry no meaning beyond the tokens; the weights id
-        says so.
-      - a local file (``.safetensors``, ``.pt``, ``.bin``): loaded through open_clip's own path
-        with strict key and shape checks; a missing or mismatched file is an InputError naming it.
-      - an open_clip pretrained tag (e.g. ``openai``): from the HF hub cache or a download. Offline
-        without a cached copy this fails with a ConfigError that suggests a local file.
+    ``pretrained`` is ``"none"`` (DEMO ONLY: seeded random init), a local weights file or an
+    open_clip tag, loaded by :func:`giblet.stimulus.clip_weights.load_clip` (which ``embed_frames``
+    shares): errors name ``stimulus.text`` or the weights file.
 
     Returns ``(model, tokenizer, weights_id)``. The vision tower is dropped to save memory.
     """
     import open_clip
 
     device = resolve_device(device)
-    if ":" not in model_name and model_name not in open_clip.list_models():
-        raise ConfigError(f"stimulus.text.model: unknown open_clip model {model_name!r} "
-                          f"(see open_clip.list_models())")
-    tags = open_clip.list_pretrained_tags_by_model(model_name)
-    # The seed matters only for random init; fork_rng keeps the caller's RNG state untouched.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        if pretrained == "none":
-            model = open_clip.create_model(model_name, pretrained=None)
-            weights_id = f"random-init seed={seed} (DEMO ONLY: not pretrained CLIP weights)"
-        elif pretrained in tags:
-            try:
-                model = open_clip.create_model(model_name, pretrained=pretrained)
-            except Exception as err:
-                offline = os.environ.get("HF_HUB_OFFLINE")
-                raise ConfigError(
-                    f"stimulus.text.pretrained: cannot get open_clip weights {pretrained!r} for {model_name} "
-                    f"({_first_line(err)}). Without internet (HF_HUB_OFFLINE={offline}) "
-                    f"the weights must already be cached: download them on a machine with internet and set "
-                    f"stimulus.text.pretrained to the local file (.safetensors, .bin or .pt), or use 'none' "
-                    f"for seeded random weights (demo only)") from None
-            weights_id = f"open_clip:{model_name}/{pretrained}"
-        elif _is_weights_path(pretrained):
-            path = Path(pretrained).expanduser()
-            if not path.is_file():
-                raise InputError(path, "weights file not found")
-            try:
-                model = open_clip.create_model(model_name, pretrained=str(path))
-            except Exception as err:
-                problem = f"cannot be loaded as {model_name} weights: {_first_line(err)}"
-                raise InputError(path, problem) from None
-            weights_id = f"file:{path.name} sha256:{sha256_file(path)}"
-        else:
-            raise ConfigError(f"stimulus.text.pretrained: {pretrained!r} is neither 'none', an existing file, "
-                              f"nor an open_clip tag of {model_name} ({', '.join(tags) or 'none known'})")
+    model, weights_id = load_clip(model_name, pretrained, seed, "stimulus.text")
     model.visual = None  # only encode_text is used
     model = model.to(device).eval()
     return model, open_clip.get_tokenizer(model_name), weights_id
