@@ -9,13 +9,18 @@ from the nominal frame rate; a window that holds fewer frames (the rate does not
 the rate varies) repeats its last frame in the spare slots, and a window with more (variable frame
 rate) drops its extras. The sidecar counts both. Timestamps, not frame counts, decide, so 25,
 29.97 and variable frame rates all land in the right TR.
+
+The sampling (:func:`sample_frames`, :func:`slot_sources`) is shared with ``embed_frames``
+(:mod:`giblet.stimulus.frame_features`), which embeds the very same frames with CLIP.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import av
 import numpy as np
@@ -39,28 +44,56 @@ def frames_per_tr(fps: float, tr: float, frame_skip: int) -> int:
     return max(1, math.ceil(fps * tr / frame_skip - 1e-6))
 
 
-def _decode_into(movie: Path, out: np.ndarray, tr: float, frame_skip: int, progress: bool) -> dict:
-    """Decode ``movie`` once, writing the kept frames into ``out`` (T, F, H, W, 3). Returns counts."""
-    n_trs, slots, height, width = out.shape[:4]
-    kept = np.zeros(n_trs, dtype=np.int64)  # frames written per TR
-    seen = np.zeros(n_trs, dtype=np.int64)  # frames whose timestamp fell in the TR window
-    dropped = 0
-    last_time, current = None, 0
-    # One reformatter for the whole movie: it keeps its scaler context, 10x cheaper than
-    # frame.reformat(), which builds a new one per frame.
-    reformatter = VideoReformatter()
+@dataclass
+class FrameCounts:
+    """What one decode of a movie found on a grid of ``n`` TRs (filled in while :func:`sample_frames` runs).
+
+    Attributes
+    ----------
+    kept : ndarray of int64, shape (n,)
+        Frames kept per TR (written to slots ``0 .. kept[i] - 1``).
+    seen : ndarray of int64, shape (n,)
+        Frames whose timestamp fell in each TR's window.
+    dropped : int
+        Kept frames beyond a TR's slots (a variable frame rate), not written.
+    last_time : float or None
+        Timestamp (s, from the container's start) of the last frame decoded.
+    """
+
+    kept: np.ndarray
+    seen: np.ndarray
+    dropped: int = 0
+    last_time: float | None = None
+
+    @classmethod
+    def zeros(cls, n_trs: int) -> "FrameCounts":
+        return cls(np.zeros(n_trs, dtype=np.int64), np.zeros(n_trs, dtype=np.int64))
+
+
+def sample_frames(movie: Path, tr: float, slots: int, frame_skip: int, counts: FrameCounts,
+                  progress: bool = True, desc: str = "extract frames") -> Iterator[tuple[int, int, av.VideoFrame]]:
+    """Decode ``movie`` once and yield ``(tr_index, slot, frame)`` for every frame the TR grid keeps.
+
+    TR ``i`` keeps every ``frame_skip``-th frame whose timestamp lies in ``[i*tr, (i+1)*tr)``, starting
+    with the first, in slots ``0, 1, ...`` up to ``slots``; ``counts`` (its length is the number of
+    TRs) records what was kept, seen and dropped. Every stage that samples frames goes through here,
+    so ``frames.npy`` and ``frame_features.npy`` hold the same frames. Raises InputError naming the
+    movie when a frame has no timestamp or decoding fails.
+    """
+    n_trs = len(counts.kept)
+    current = 0
     with open_media(movie) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # frame-parallel decoding: the decode is the bottleneck
         # Time 0 is the container's start, the origin the audio codes use too.
         origin = container.start_time / av.time_base if container.start_time is not None else 0.0
-        bar = progress_bar(None, "extract frames", "TR", progress, total=n_trs)
+        bar = progress_bar(None, desc, "TR", progress, total=n_trs)
         try:
             for frame in container.decode(stream):
                 if frame.time is None:
                     raise InputError(movie, f"frame {frame.index} has no timestamp")
-                last_time = frame.time - origin
-                i = tr_index(last_time, tr)
+                counts.last_time = frame.time - origin
+                i = tr_index(counts.last_time, tr)
                 if i >= n_trs:
                     break
                 if i < 0:
@@ -68,22 +101,69 @@ def _decode_into(movie: Path, out: np.ndarray, tr: float, frame_skip: int, progr
                 if i > current:
                     bar.update(i - current)
                     current = i
-                position = seen[i]
-                seen[i] += 1
+                position = counts.seen[i]
+                counts.seen[i] += 1
                 if position % frame_skip:
                     continue
-                if kept[i] >= slots:
-                    dropped += 1
+                if counts.kept[i] >= slots:
+                    counts.dropped += 1
                     continue
-                out[i, kept[i]] = reformatter.reformat(frame, width=width, height=height, format="rgb24",
-                                                       interpolation=INTERPOLATION).to_ndarray()
-                kept[i] += 1
+                counts.kept[i] += 1
+                yield i, int(counts.kept[i]) - 1, frame
         except av.error.FFmpegError as err:
-            where = f" after {last_time:.2f} s" if last_time is not None else ""
+            where = f" after {counts.last_time:.2f} s" if counts.last_time is not None else ""
             raise InputError(movie, f"video decoding failed{where} ({err}); the file is corrupt") from None
         finally:
             bar.close()
-    return {"kept": kept, "seen": seen, "dropped": dropped, "last_time": last_time}
+
+
+def check_complete(movie: Path, counts: FrameCounts, duration_s: float) -> None:
+    """InputError naming ``movie`` when its last TR got no frame: the file ends before its header says."""
+    if len(counts.kept) and counts.kept[-1] == 0:
+        end = counts.last_time or 0.0
+        raise InputError(movie, f"decoded video ends at {end:.2f} s but the header says "
+                                f"{duration_s:.2f} s: the file is truncated")
+
+
+def slot_sources(kept: np.ndarray, slots: int) -> np.ndarray:
+    """Which decoded frame every slot shows, int64 ``(T, slots)``: a flat index ``i * slots + s``.
+
+    A TR with fewer frames than slots repeats its last frame in the spare slots; a TR with none (a
+    gap in a variable-frame-rate movie: the picture has not changed) shows the previous TR's last
+    frame; -1 where there is nothing before (an empty first TR: a black frame).
+    """
+    n_trs = len(kept)
+    sources = np.empty((n_trs, slots), dtype=np.int64)
+    for i in range(n_trs):
+        if kept[i]:
+            sources[i] = i * slots + np.minimum(np.arange(slots), kept[i] - 1)
+        else:
+            sources[i] = sources[i - 1, -1] if i else -1
+    return sources
+
+
+def sampling_summary(counts: FrameCounts, slots: int) -> dict:
+    """The sidecar's account of the sampling: frames per window, repeated slots, filled TRs, drops."""
+    empty = np.flatnonzero(counts.kept == 0)
+    filled = counts.kept.copy()
+    filled[empty[empty > 0]] = 1  # an empty TR shows one (earlier) frame, repeated in its other slots
+    return {"frames_in_window": {"min": int(counts.seen.min()), "max": int(counts.seen.max())},
+            "repeated_slots": int((slots - np.minimum(filled, slots)).sum()),
+            "empty_trs_filled": int(len(empty)), "dropped_frames": counts.dropped}
+
+
+def movie_grid(movie: Path, tr: float, frame_skip: int):
+    """``(info, n_trs, slots)`` of a movie's video on the TR grid; InputError naming the movie when it
+    has no video stream, no frame rate or is shorter than one TR."""
+    info = probe_movie(movie)
+    if not info.has_video:
+        raise InputError(movie, "has no video stream")
+    if not info.fps:
+        raise InputError(movie, "has no frame rate in its headers")
+    n_trs = count_trs(info.duration_s, tr)
+    if n_trs == 0:
+        raise InputError(movie, f"is {info.duration_s:.2f} s long, shorter than one TR ({tr} s)")
+    return info, n_trs, frames_per_tr(info.fps, tr, frame_skip)
 
 
 def extract_frames(movie: str | Path, out_npy: str | Path, tr: float, params: dict,
@@ -94,46 +174,34 @@ def extract_frames(movie: str | Path, out_npy: str | Path, tr: float, params: di
     Raises InputError naming the movie when it has no video stream, is corrupt or is truncated.
     """
     movie, out_npy = Path(movie), Path(out_npy)
-    info = probe_movie(movie)
-    if not info.has_video:
-        raise InputError(movie, "has no video stream")
-    if not info.fps:
-        raise InputError(movie, "has no frame rate in its headers")
-    n_trs = count_trs(info.duration_s, tr)
-    if n_trs == 0:
-        raise InputError(movie, f"is {info.duration_s:.2f} s long, shorter than one TR ({tr} s)")
     skip, height, width = params["frame_skip"], params["height"], params["width"]
-    slots = frames_per_tr(info.fps, tr, skip)
+    info, n_trs, slots = movie_grid(movie, tr, skip)
     log.info("%s: %.2f s at %.3f fps -> %d TRs x %d frames of %dx%d", movie, info.duration_s, info.fps,
              n_trs, slots, width, height)
 
     with atomic_output_dir(out_npy.parent) as tmp:
         frames = np.lib.format.open_memmap(tmp / out_npy.name, mode="w+", dtype=np.uint8,
                                            shape=(n_trs, slots, height, width, 3))
-        counts = _decode_into(movie, frames, tr, skip, progress)
-        kept = counts["kept"]
-        empty = np.flatnonzero(kept == 0)
-        if len(empty) and empty[-1] == n_trs - 1:
-            end = counts["last_time"] or 0.0
-            raise InputError(movie, f"decoded video ends at {end:.2f} s but the header says "
-                                    f"{info.duration_s:.2f} s: the file is truncated")
-        for i in empty:  # a gap in a variable-frame-rate movie: the picture has not changed
-            frames[i] = frames[i - 1, kept[i - 1] - 1] if i else 0
-            kept[i] = 1 if i else 0
-        for i in np.flatnonzero((kept > 0) & (kept < slots)):
-            frames[i, kept[i]:] = frames[i, kept[i] - 1]
+        counts = FrameCounts.zeros(n_trs)
+        # One reformatter for the whole movie: it keeps its scaler context, 10x cheaper than
+        # frame.reformat(), which builds a new one per frame.
+        reformatter = VideoReformatter()
+        for i, slot, frame in sample_frames(movie, tr, slots, skip, counts, progress):
+            frames[i, slot] = reformatter.reformat(frame, width=width, height=height, format="rgb24",
+                                                   interpolation=INTERPOLATION).to_ndarray()
+        check_complete(movie, counts, info.duration_s)
+        sources = slot_sources(counts.kept, slots)
+        flat = frames.reshape(n_trs * slots, height, width, 3)
+        for i, s in zip(*np.nonzero(sources != np.arange(n_trs * slots).reshape(n_trs, slots))):
+            frames[i, s] = flat[sources[i, s]] if sources[i, s] >= 0 else 0
         frames.flush()
         write_sidecar(tmp / out_npy.name, frames, parameters={**params, "tr": tr},
                       sources={"movie": movie}, packages=("av",), extra={
                           "n_trs": n_trs, "duration_s": info.duration_s, "fps": info.fps,
                           "frames_per_tr": slots, "source_size": [info.width, info.height],
-                          "frames_in_window": {"min": int(counts["seen"].min()),
-                                               "max": int(counts["seen"].max())},
-                          "repeated_slots": int((slots - np.minimum(counts["kept"], slots)).sum()),
-                          "empty_trs_filled": int(len(empty)), "dropped_frames": counts["dropped"],
-                          "interpolation": INTERPOLATION,
+                          **sampling_summary(counts, slots), "interpolation": INTERPOLATION,
                       })
-        del frames
+        del frames, flat
     return out_npy
 
 
