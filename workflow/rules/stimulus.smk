@@ -21,6 +21,25 @@ rule extract_frames:
         STAGE_SCRIPT
 
 
+rule embed_frames:
+    """Frozen CLIP image embeddings of the frames sampled per TR: float16 (T, frames_per_tr, d)."""
+    input:
+        **stage_inputs("embed_frames"),
+    output:
+        **stage_outputs("embed_frames"),
+    params:
+        **stage_params("embed_frames"),
+    threads: stage_threads("embed_frames")
+    resources:
+        **stage_resources("embed_frames"),
+    benchmark:
+        f"{BENCHMARKS}/embed_frames.tsv"
+    log:
+        f"{LOGS}/embed_frames.log",
+    script:
+        STAGE_SCRIPT
+
+
 rule encode_audio:
     """EnCodec codes per TR: int16 (T, n_q, frames_per_tr)."""
     input:
