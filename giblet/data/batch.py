@@ -3,7 +3,8 @@
 The batch contract (what ``BrainAutoencoder.forward``, ``encode``, ``decoded_stimulus`` and
 ``giblet.model.losses`` read) is the sample dict of ``WindowDataset`` with a leading batch axis and
 without ``target``: ``fmri`` (B, V) float32, ``stimulus_trs`` (B, lag) int64 and, per enabled
-modality, ``frames`` (B, lag, F, H, W, 3) uint8, ``codes`` (B, lag, n_q, Fa) int64, ``text``
+modality, ``frames`` (B, lag, F, H, W, 3) uint8, ``frame_features`` (B, lag, F, d) float32 (CLIP image
+embeddings), ``codes`` (B, lag, n_q, Fa) int64, ``text``
 (B, lag, k, d) float32, ``text_mask`` (B, lag, k) bool. It lives here, beside the samples, because
 training and every evaluation stage build batches the same way and evaluation must not depend on
 the training package.

@@ -103,11 +103,13 @@ class Manifest:
         Samples (target fMRI TRs) per split block.
     modalities : dict of str to dict
         The enabled stimulus modalities and their dimensions: ``frames`` {``frames_per_tr``,
-        ``height``, ``width``} (pixels), ``audio`` {``n_q`` codebooks, ``frames_per_tr`` codec
+        ``height``, ``width``} (pixels), ``frame_features`` {``frames_per_tr``, ``dim``} (CLIP image
+        embeddings of the same frames), ``audio`` {``n_q`` codebooks, ``frames_per_tr`` codec
         frames, ``codebook_size``}, ``text`` {``k`` annotations per TR, ``dim`` embedding width}.
     arrays : dict of str to ArrayFile
         The files, by role: ``fmri`` (T, V) float32 group fMRI; ``mask`` (the NIfTI mask);
-        per modality ``frames`` (T, F, H, W, 3) uint8, ``audio_codes`` (T, n_q, Fa) int,
+        per modality ``frames`` (T, F, H, W, 3) uint8, ``frame_features`` (T, F, d) float16,
+        ``audio_codes`` (T, n_q, Fa) int,
         ``text`` (T, k, d) float32 and ``text_mask`` (T, k) bool; optionally ``ceiling``
         (``ceiling.npz``), ``fmri_info`` (``fmri.json``) and ``truth`` (the demo's ``truth.npz``).
     path : Path

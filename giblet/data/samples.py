@@ -15,7 +15,8 @@ import torch
 from giblet.data.manifest import Manifest, as_manifest
 
 # Manifest roles -> sample keys, and the dtype each sample tensor gets.
-ROLES = {"frames": ("frames", torch.uint8), "audio_codes": ("codes", torch.int64),
+ROLES = {"frames": ("frames", torch.uint8), "frame_features": ("frame_features", torch.float32),
+         "audio_codes": ("codes", torch.int64),
          "text": ("text", torch.float32), "text_mask": ("text_mask", torch.bool)}
 
 
@@ -24,7 +25,8 @@ class WindowDataset(torch.utils.data.Dataset):
 
     Each item is a dict: ``target`` (int, fMRI TR), ``fmri`` (V,) float32, ``stimulus_trs`` (lag,)
     int64 (the movie TR of each window slot: the model encodes a TR shared by windows once), and per enabled modality
-    ``frames`` (lag, F, H, W, 3) uint8, ``codes`` (lag, n_q, frames_per_tr) int64, ``text``
+    ``frames`` (lag, F, H, W, 3) uint8, ``frame_features`` (lag, F, d) float32 (stored float16),
+    ``codes`` (lag, n_q, frames_per_tr) int64, ``text``
     (lag, k, d) float32 and ``text_mask`` (lag, k) bool.
 
     ``manifest``: a :class:`~giblet.data.manifest.Manifest` or the path of one.

@@ -7,8 +7,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from giblet.model.decoders import Bottleneck, CodeHead, FrameHead, TextHead
-from giblet.model.encoders import (CausalTemporal, CodeEncoder, FrameEncoder, HemodynamicFilters, ModalityFeatures,
-                                   TextEncoder)
+from giblet.model.encoders import (CausalTemporal, CodeEncoder, FrameEncoder, FrameFeatureEncoder, HemodynamicFilters,
+                                   ModalityFeatures, TextEncoder)
 from giblet.timing import decode_delay_trs
 
 # Widths/depths. ``tiny`` trains on CPU in CI (~1 M parameters excluding the V-sized layers).
@@ -44,7 +44,9 @@ def _checkpointed(module: nn.Module, enabled: bool, *args):
 class BrainAutoencoder(nn.Module):
     """Encoders per modality -> causal fusion over ``lag`` TRs -> linear to V voxels (the brain) -> decoders.
 
-    ``modalities`` is the manifest's dict (any subset of frames/audio/text); hyperparameters are a preset's keys.
+    ``modalities`` is the manifest's dict (any subset of frames/frame_features/audio/text); hyperparameters are a
+    preset's keys. ``frame_features`` (frozen CLIP image embeddings of the frames) is read and decoded like text:
+    an MLP per frame, and a head that predicts the embeddings, scored by cosine.
     ``fusion``: ``"concat"`` puts the modalities' normalized per-TR features side by side, ``"sum"`` adds
     them. ``temporal``: ``"hrf"`` filters every feature over the window with ``hrf_filters`` learned,
     HRF-initialised filters (:class:`HemodynamicFilters`: linear in time, as BOLD is), ``"conv"`` runs the
@@ -58,9 +60,10 @@ class BrainAutoencoder(nn.Module):
                  hrf_filters: int = 2, tr: float = 1.5, modality_hidden: int = 0, interactions: int = 0,
                  fmri_rank: int = 0):
         super().__init__()
-        unknown = set(modalities) - {"frames", "audio", "text"}
+        unknown = set(modalities) - {"frames", "frame_features", "audio", "text"}
         if unknown or not modalities:
-            raise ValueError(f"modalities must be a non-empty subset of frames/audio/text, got {sorted(modalities)}")
+            raise ValueError("modalities must be a non-empty subset of frames/frame_features/audio/text, "
+                             f"got {sorted(modalities)}")
         self._config = {"modalities": {k: dict(v) for k, v in modalities.items()}, "n_voxels": int(n_voxels),
                         "lag_trs": int(lag_trs), "preset": preset, "decode_delay_trs": int(decode_delay_trs), "gradient_checkpointing": bool(gradient_checkpointing),
                         "dim": dim, "frame_channels": list(frame_channels), "frame_stem": frame_stem,
@@ -85,6 +88,10 @@ class BrainAutoencoder(nn.Module):
             self.encoders["frames"] = FrameEncoder(frame_channels, dim, frame_stem)
             self.heads["frames"] = FrameHead(hidden, m["frames_per_tr"], m["height"], m["width"],
                                              frame_head_channels, frame_head_up)
+        if "frame_features" in modalities:
+            m = modalities["frame_features"]
+            self.encoders["frame_features"] = FrameFeatureEncoder(m["dim"], dim)
+            self.heads["frame_features"] = TextHead(hidden, m["frames_per_tr"], m["dim"])
         if "audio" in modalities:
             m = modalities["audio"]
             self.encoders["audio"] = CodeEncoder(m["n_q"], m["codebook_size"], dim, depth=code_depth)
@@ -185,7 +192,8 @@ class BrainAutoencoder(nn.Module):
             first.scatter_(0, inverse, torch.arange(len(inverse), device=inverse.device))
         parts = []
         for name, encoder in self.encoders.items():  # each appends (rows, dim)
-            keys = {"frames": ("frames",), "audio": ("codes",)}.get(name, ("text", "text_mask"))
+            keys = {"frames": ("frames",), "frame_features": ("frame_features",),
+                    "audio": ("codes",)}.get(name, ("text", "text_mask"))
             b, lag = batch[keys[0]].shape[:2]
             inputs = [batch[k].reshape(b * lag, *batch[k].shape[2:]) for k in keys]
             if first is not None:
@@ -201,15 +209,19 @@ class BrainAutoencoder(nn.Module):
 
     def decoded_stimulus(self, batch: dict) -> dict:
         """The true stimulus the decoders reconstruct: each window's TR at ``decode_index``."""
-        return {k: batch[k][:, self.decode_index] for k in ("frames", "codes", "text", "text_mask") if k in batch}
+        return {k: batch[k][:, self.decode_index] for k in ("frames", "frame_features", "codes", "text", "text_mask")
+                if k in batch}
 
     def decode(self, fmri: torch.Tensor) -> dict:
         """Brain ``(B, V)`` -> the stimulus at the window's ``decode_index`` (see :meth:`decoded_stimulus`): ``frames`` (B, F, H, W, 3) in [0, 1],
-        ``code_logits`` (B, n_q, Fa, codebook_size), ``text`` (B, k, d) (enabled modalities only)."""
+        ``frame_features`` (B, F, d), ``code_logits`` (B, n_q, Fa, codebook_size), ``text`` (B, k, d) (enabled
+        modalities only)."""
         h = self.bottleneck(fmri)
         out = {}
         if "frames" in self.heads:
             out["frames"] = self.heads["frames"](h)
+        if "frame_features" in self.heads:
+            out["frame_features"] = self.heads["frame_features"](h)
         if "audio" in self.heads:
             out["code_logits"] = self.heads["audio"](h)
         if "text" in self.heads:

@@ -82,6 +82,21 @@ class TextEncoder(nn.Module):
         return torch.where(count > 0, pooled, self.no_text.to(h.dtype).expand_as(pooled))
 
 
+class FrameFeatureEncoder(nn.Module):
+    """Frozen CLIP image embeddings of a TR's F frames: the text encoder's MLP per frame, mean over the frames.
+
+    The sibling of :class:`TextEncoder` without its mask (every frame slot is filled). Input ``(N, F, d)``
+    (float16 on disk, any float here); output ``(N, dim)``.
+    """
+
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_dim, dim), nn.GELU(), nn.Linear(dim, dim))
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        return self.mlp(embeddings.float()).mean(dim=1)
+
+
 class CausalBlock(nn.Module):
     """A residual, dilated, causal 1-D conv (left padding only) over the TR axis: ``(B, dim, lag)``."""
 

@@ -7,7 +7,8 @@ Components (missing modalities are skipped):
 - ``fmri_corr``: mean over samples of 1 - Pearson r across voxels (logged; weight ``fmri_corr``, default 0);
 - ``codes``: cross-entropy per codebook, mean over codebooks (codes are categorical: never MSE);
 - ``text``: 1 - cosine similarity, mean over the non-masked slots only (0 when a batch has none);
-- ``frames``: MSE on [0, 1].
+- ``frames``: MSE on [0, 1];
+- ``frame_features``: 1 - cosine similarity of the CLIP image embeddings, mean over every frame of the TR.
 Losses are computed in float32 (safe under bf16 autocast).
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-DEFAULT_WEIGHTS = {"fmri": 1.0, "fmri_corr": 0.0, "codes": 1.0, "text": 1.0, "frames": 1.0}
+DEFAULT_WEIGHTS = {"fmri": 1.0, "fmri_corr": 0.0, "codes": 1.0, "text": 1.0, "frames": 1.0, "frame_features": 1.0}
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor, dim: int, eps: float = 1e-12) -> torch.Tensor:
@@ -51,6 +52,9 @@ def losses(outputs: dict, batch: dict, weights: dict | None = None, decode_index
     if "frames" in outputs and "frames" in batch:
         true = batch["frames"][:, decode_index].float() / 255.0                                    # (B, F, H, W, 3)
         out["frames"] = F.mse_loss(outputs["frames"].float(), true)
+    if "frame_features" in outputs and "frame_features" in batch:
+        pred, true = outputs["frame_features"].float(), batch["frame_features"][:, decode_index].float()  # (B, F, d)
+        out["frame_features"] = (1.0 - F.cosine_similarity(pred, true, dim=-1)).mean()
     if not out:
         raise ValueError("no loss component: outputs and batch share no modality")
     out["total"] = sum(weights.get(name, 1.0) * value for name, value in out.items())
