@@ -8,6 +8,7 @@ per-TR stimulus features (:mod:`giblet.evaluate.ridge_features`), so the model's
 ridge decoder are scored in one space:
 
 - frames: the TR's mean frame on a 6 x 8 colour grid plus its motion-energy map;
+- frame features: the mean CLIP image embedding of the TR's frames;
 - audio: per-codebook square-root code frequencies (for the model: its softmax probabilities
   averaged over the TR's code frames);
 - text: the mean embedding of the TR's annotations (TRs without one are left out).
@@ -30,12 +31,15 @@ ALPHAS = np.logspace(-1, 6, 15)
 
 
 def stimulus_descriptors(stimulus: dict, codebook_size: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """True stimulus (``frames`` uint8 (N, F, H, W, 3), ``codes`` (N, n_q, Fa), ``text`` (N, k, d) and
-    ``text_mask`` (N, k)) -> {modality: (descriptors (N, p), valid (N,) bool)}."""
+    """True stimulus (``frames`` uint8 (N, F, H, W, 3), ``frame_features`` (N, F, d), ``codes`` (N, n_q, Fa),
+    ``text`` (N, k, d) and ``text_mask`` (N, k)) -> {modality: (descriptors (N, p), valid (N,) bool)}."""
     out = {}
     if "frames" in stimulus:
         frames = np.asarray(stimulus["frames"])
         out["frames"] = (frame_features(frames), np.ones(len(frames), bool))
+    if "frame_features" in stimulus:
+        embeddings = np.asarray(stimulus["frame_features"])
+        out["frame_features"] = (text_features(embeddings)[0], np.ones(len(embeddings), bool))
     if "codes" in stimulus:
         codes = np.asarray(stimulus["codes"])
         out["audio"] = (code_features(codes, codebook_size or int(codes.max()) + 1), np.ones(len(codes), bool))
@@ -49,13 +53,16 @@ def stimulus_descriptors(stimulus: dict, codebook_size: int | None = None) -> di
 def decoded_descriptors(decoded: dict, text_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The model's decoder outputs in the descriptor space of :func:`stimulus_descriptors`.
 
-    ``frames`` (N, F, H, W, 3) in [0, 1]; ``code_logits`` (N, n_q, Fa, C): softmax, averaged over
-    the code frames, square-rooted (the expected code frequencies); ``text`` (N, k, d): the mean
-    over the slots ``text_mask`` marks (all slots without one).
+    ``frames`` (N, F, H, W, 3) in [0, 1]; ``frame_features`` (N, F, d): the mean over the frames;
+    ``code_logits`` (N, n_q, Fa, C): softmax, averaged over the code frames, square-rooted (the expected
+    code frequencies); ``text`` (N, k, d): the mean over the slots ``text_mask`` marks (all slots without
+    one).
     """
     out = {}
     if "frames" in decoded:
         out["frames"] = frame_features(np.asarray(decoded["frames"], np.float32) * 255.0)
+    if "frame_features" in decoded:
+        out["frame_features"] = text_features(np.asarray(decoded["frame_features"], np.float32))[0]
     if "code_logits" in decoded:
         logits = np.asarray(decoded["code_logits"], np.float64)
         probabilities = np.exp(logits - logits.max(axis=-1, keepdims=True))

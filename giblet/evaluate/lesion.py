@@ -6,6 +6,7 @@ with as many voxels drawn at random from OUTSIDE the region set to 0 (``n_contro
 each enabled modality's decoding degrades is measured against the intact brain:
 
 - frames: ``frames_r`` (pixel correlation per TR, averaged; higher is better) and ``frames_mse``;
+- frame features: ``frame_features_cosine`` (decoded vs true CLIP image embedding, mean over frames);
 - codes: ``codes_accuracy`` (argmax of the logits == the true code);
 - text: ``text_cosine`` (decoded vs true embedding at the filled slots).
 
@@ -43,8 +44,9 @@ log = logging.getLogger(__name__)
 
 # metric -> (modality, label, higher is better)
 METRICS = {"frames_r": ("frames", "frames: pixel r", True), "frames_mse": ("frames", "frames: MSE", False),
+           "frame_features_cosine": ("frame_features", "frame features: cosine", True),
            "codes_accuracy": ("audio", "codes: accuracy", True), "text_cosine": ("text", "text: cosine", True)}
-PLOTTED = ("frames_r", "codes_accuracy", "text_cosine")  # one panel each, all "higher is better"
+PLOTTED = ("frames_r", "frame_features_cosine", "codes_accuracy", "text_cosine")  # one panel each, all "higher is better"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,6 +112,10 @@ def scores(decoded: dict, stimulus: dict) -> dict:
     if "frames" in decoded:
         frames = frame_metrics(decoded["frames"], stimulus["frames"])
         out.update(frames_r=frames["pixel_r_mean"], frames_mse=frames["mse"])
+    if "frame_features" in decoded:
+        true = stimulus["frame_features"]
+        out["frame_features_cosine"] = text_metrics(decoded["frame_features"], true,
+                                                    np.ones(true.shape[:2], dtype=bool))["cosine_mean"]
     if "code_logits" in decoded:
         out["codes_accuracy"] = code_metrics(decoded["code_logits"], stimulus["codes"])["accuracy_mean"]
     if "text" in decoded:

@@ -224,6 +224,10 @@ def decoding_rows(metrics: dict) -> list[list[str]]:
                      "the training block's mean frame"])
         rows.append(["frames", "MSE (lower is better)", number(f.get("mse"), 4), number(f.get("mse_baseline_mean_frame"), 4),
                      "the training block's mean frame"])
+    if "frame_features" in dec:
+        f = dec["frame_features"]
+        rows.append(["frame features", "CLIP frame retrieval top-1", number(f.get("top1")), number(f.get("chance_top1")),
+                     f"chance (1 of {f.get('n_candidates')})"])
     if "audio_codes" in dec:
         a = dec["audio_codes"]
         chance = a.get("chance_most_frequent")

@@ -4,6 +4,8 @@ Per stimulus TR, each modality is reduced to a few numbers that need no learned 
 
 - frames: the TR's mean frame on a coarse colour grid plus a within-TR motion-energy map
   (:func:`frame_features`);
+- frame features: the mean of the TR's frozen CLIP image embeddings (:func:`text_features` without a
+  mask: every frame slot is filled);
 - audio: per-codebook histograms of the TR's EnCodec codes (:func:`code_features`);
 - text: the masked mean of the TR's annotation embeddings, plus a no-text indicator
   (:func:`text_features`).
@@ -23,10 +25,11 @@ import numpy as np
 from giblet.data.manifest import as_manifest
 from giblet.splits import Split
 
-DEFAULT_COMPONENTS = {"frames": 32, "audio": 32, "text": 32}
-MODALITIES = ("frames", "audio", "text")
+DEFAULT_COMPONENTS = {"frames": 32, "frame_features": 32, "audio": 32, "text": 32}
+MODALITIES = ("frames", "frame_features", "audio", "text")
 # Modality -> the manifest array roles it reads.
-ROLES = {"frames": ("frames",), "audio": ("audio_codes",), "text": ("text", "text_mask")}
+ROLES = {"frames": ("frames",), "frame_features": ("frame_features",), "audio": ("audio_codes",),
+         "text": ("text", "text_mask")}
 
 
 def window_trs(split: Split, blocks=("train",)) -> np.ndarray:
@@ -139,7 +142,7 @@ def stimulus_features(manifest, fit_trs, n_components: int | dict = None, modali
     ``manifest``: a :class:`~giblet.data.manifest.Manifest` or its path (array paths resolve from the current directory).
     ``fit_trs``: stimulus TR indices the PCA bases and the standardization are fitted on — pass
     ``window_trs(split, fit_blocks)`` so no test stimulus is seen. ``T`` is the common length of the
-    stimulus arrays used. ``modalities``: subset of ``("frames", "audio", "text")``; default every
+    stimulus arrays used. ``modalities``: subset of ``MODALITIES``; default every
     modality the manifest has (a missing one is skipped; asking for a missing one raises
     ValueError). ``n_components``: int for all, or a dict per modality (default 32 each).
 
@@ -147,6 +150,8 @@ def stimulus_features(manifest, fit_trs, n_components: int | dict = None, modali
 
     - ``frames`` (T, F, H, W, 3) uint8 -> ``frame_features`` on a ``frame_grid`` (default 6 x 8)
       -> (T, 6*8*3 + 6*8) -> PCA to ``n_frames`` components;
+    - ``frame_features`` (T, F, d) CLIP image embeddings -> their mean over the F frames (T, d) -> PCA
+      to ``n_frame_features``;
     - ``audio`` codes (T, n_q, Fa) -> ``code_features`` (per-codebook sqrt-frequency histograms,
       ``min(codebook_size, max_code_bins)`` bins each) -> (T, n_q * bins) -> PCA to ``n_audio``;
     - ``text`` (T, k, d) + mask (T, k) -> ``text_features`` masked mean (T, d) -> PCA to ``n_text``,
@@ -185,6 +190,8 @@ def stimulus_features(manifest, fit_trs, n_components: int | dict = None, modali
         extra = None
         if m == "frames":
             raw = frame_features(load["frames"][:n_trs], frame_grid)
+        elif m == "frame_features":
+            raw = text_features(load["frame_features"][:n_trs])[0]
         elif m == "audio":
             size = int(spec.get("audio", {}).get("codebook_size", 1024))
             raw = code_features(load["audio_codes"][:n_trs], size, max_code_bins)

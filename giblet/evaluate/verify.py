@@ -153,7 +153,7 @@ def _forward(model, manifest: Manifest) -> dict:
     if tuple(out["fmri"].shape) != (1, manifest.n_voxels):
         return {**record, "ok": False,
                 "detail": f"fMRI prediction shape {shapes['fmri']} != [1, {manifest.n_voxels}]"}
-    expected = {"frames": "frames", "audio": "code_logits", "text": "text"}
+    expected = {"frames": "frames", "frame_features": "frame_features", "audio": "code_logits", "text": "text"}
     absent = [expected[m] for m in manifest.modalities if expected[m] not in out]
     if absent:
         return {**record, "ok": False, "detail": f"no decoder output for {', '.join(absent)}"}
