@@ -113,8 +113,9 @@ def dry_run_requests(result) -> dict:
 
 @pytest.mark.parametrize("which", ["demo", "sherlock"])
 def test_a_dry_run_of_the_slurm_profile_shows_each_rules_request(which, workflow_copy, sherlock_config, tmp_path):
-    if which == "demo":
-        config, args = load_config(None, []), []
+    if which == "demo":  # with CLIP frame features beside the pixels, so that every rule is in the plan
+        config = load_config(None, ["stimulus.frames.features=both"])
+        args = ["--configfile", write_overlay(workflow_copy, ["stimulus.frames.features=both"], "clip.yaml")]
     else:
         config = sherlock_config
         overlay = write_overlay(workflow_copy, [f"inputs.{key}={config['inputs'][key]}" for key in
@@ -124,7 +125,7 @@ def test_a_dry_run_of_the_slurm_profile_shows_each_rules_request(which, workflow
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     requests = dry_run_requests(result)
     size = R.data_size(config)
-    assert set(requests) >= set(STAGES) - ({"demo_dataset"} if which == "sherlock" else set())
+    assert set(requests) >= set(STAGES) - ({"demo_dataset", "embed_frames"} if which == "sherlock" else set())
     for rule, shown in requests.items():
         if rule == "all":
             continue
