@@ -94,6 +94,7 @@ BENCHMARKS = {
     "frame_extraction": _lazy("frames_speed", "frame_extraction"),
     "encodec_realtime": _lazy("encodec_speed", "encodec_realtime"),
     "clip_throughput": _lazy("clip_speed", "clip_throughput"),
+    "clip_frames_throughput": _lazy("clip_frames_speed", "clip_frames_throughput"),
     "normalize_memory": _lazy("fmri_memory", "normalize_memory"),
     "fmri_cleaning": _lazy("fmri_cleaning", "fmri_cleaning"),
     "trainer_overhead": _lazy("training_speed", "trainer_overhead"),
