@@ -227,6 +227,28 @@ def test_the_frame_features_loss_is_one_minus_cosine_over_every_frame():
     assert same["frame_features"].item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_with_both_the_model_encodes_and_decodes_pixels_and_clip_features():
+    from giblet.model import MODEL_PRESETS, BrainAutoencoder, losses
+
+    modalities = {"frames": {"frames_per_tr": 2, "height": 18, "width": 32},
+                  "frame_features": {"frames_per_tr": 2, "dim": 16}}
+    torch.manual_seed(0)
+    model = BrainAutoencoder(modalities, n_voxels=7, lag_trs=3, **{**MODEL_PRESETS["tiny"], "fmri_rank": 0})
+    torch.nn.init.normal_(model.to_fmri.weight)  # zero at init: no gradient would reach the encoders yet
+    batch = {"frames": torch.randint(0, 256, (4, 3, 2, 18, 32, 3), dtype=torch.uint8),
+             "frame_features": torch.nn.functional.normalize(torch.randn(4, 3, 2, 16), dim=-1),
+             "fmri": torch.randn(4, 7), "stimulus_trs": torch.arange(3).repeat(4, 1) + torch.arange(4)[:, None]}
+    out = model.train()(batch)
+    assert out["frames"].shape == (4, 2, 18, 32, 3) and out["frame_features"].shape == (4, 2, 16)
+    parts = losses(out, batch, decode_index=model.decode_index)
+    assert {"fmri", "frames", "frame_features"} <= set(parts)
+    parts["total"].backward()
+    # Both streams reach the brain prediction, and the CLIP head learns from its cosine loss.
+    for name in ("frames", "frame_features"):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoders[name].parameters()), name
+    assert model.heads["frame_features"].mlp[-1].weight.grad.abs().sum() > 0
+
+
 def clip_only_dataset(small_demo, out: Path) -> Path:
     """The small demo with CLIP frame features as its only stimulus (one frame per TR, ViT-S-32 to keep it
     fast), every 8th voxel of its noise-free brain signal plus noise as the group fMRI, and a manifest."""
