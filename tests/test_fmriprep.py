@@ -22,7 +22,7 @@ from tests.fmriprep_like import giblet_config, write_fmriprep_like
 
 REPO = Path(__file__).resolve().parents[1]
 # No pretrained weights offline: the fMRI side is what these tests are about.
-PIXELS_ONLY = ["stimulus.audio.enabled=false", "stimulus.text.enabled=false"]
+PIXELS_ONLY = ["stimulus.audio.enabled=false", "stimulus.text.enabled=false", "stimulus.frames.features=pixels"]
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +241,7 @@ def test_fmriprep_example_runs_end_to_end(workflow_copy):
 
     study = write_fmriprep_like(workflow_copy / "data" / "fmriprep_example")
     overlay = workflow_copy / "config" / "offline.yaml"
-    # Offline: no pretrained EnCodec/CLIP weights here, so audio and text are off and training is short.
+    # Offline: no pretrained EnCodec/CLIP weights here, so audio, text and CLIP frames are off; training is short.
     overlay.write_text(yaml.safe_dump(apply_overrides({}, PIXELS_ONLY + ["train.epochs=2"])))
     run = snakemake(workflow_copy, "--configfile", "config/fmriprep_example.yaml", "config/offline.yaml")
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-5000:]
