@@ -271,6 +271,20 @@ def test_fmriprep_example_runs_end_to_end(workflow_copy):
     plan = planned_jobs(snakemake(workflow_copy, *files, "-n"))
     assert plan.get("fmri_mask") == 1 and plan.get("normalize_fmri") == 3, plan
     assert "extract_frames" not in plan, plan
+
+    # Bad input: a table without a column giblet regresses out fails fmri_mask, naming the table and the
+    # column, in the rule's log as well as on the console; the other inputs are untouched.
+    other = Path(study.path("confounds", "01", "1"))
+    before = other.read_bytes()
+    edited.drop(columns=["rot_z"]).to_csv(table, sep="\t", index=False, na_rep="n/a")
+    failed = snakemake(workflow_copy, *files)
+    assert failed.returncode != 0
+    log = (results / "logs" / "fmri_mask.log").read_text()
+    message = next(line for line in log.splitlines() if "fmri_mask failed" in line)
+    assert str(table.relative_to(workflow_copy)) in message and "'rot_z'" in message
+    assert "'rot_z'" in failed.stderr and "fmri_mask failed" in failed.stderr
+    assert other.read_bytes() == before
+    assert not [p for p in results.rglob("*") if ".tmp" in p.name]
     shutil.rmtree(workflow_copy / "data")
 
 
