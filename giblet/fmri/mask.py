@@ -72,7 +72,7 @@ def brain_masks(info: dict, method: str, majority_fraction: float) -> np.ndarray
         return None
     count = np.zeros(info["shape"], dtype=np.int32)
     for path in paths:
-        count += given_mask(path, info)
+        count += given_mask(path, info, "brain mask not found (inputs.brain_mask)")
     need = len(paths) if method != "majority" else max(1, math.ceil(majority_fraction * len(paths) - 1e-9))
     return count >= need
 
@@ -100,11 +100,14 @@ def mni_mask(info: dict) -> np.ndarray:
     return _resample_nearest(load_mni152_brain_mask(resolution=resolution), info)
 
 
-def given_mask(path: Path, info: dict) -> np.ndarray:
-    """A user's mask NIfTI (non-zero = in) on the data grid (x, y, z) bool; resampled if needed."""
+MISSING_MASK = "mask file not found (fmri.mask is neither intersection, majority, mni nor an existing file)"
+
+
+def given_mask(path: Path, info: dict, missing: str = MISSING_MASK) -> np.ndarray:
+    """A mask NIfTI (non-zero = in) on the data grid (x, y, z) bool; resampled if needed. ``missing``
+    is the error when the file is not there."""
     path = Path(path)
-    data, image = read_mask_nifti(path, "mask file not found (fmri.mask is neither intersection, majority, "
-                                        "mni nor an existing file)")
+    data, image = read_mask_nifti(path, missing)
     affine = np.asarray(info["affine"])
     if list(data.shape) == list(info["shape"]) and np.allclose(image.affine, affine, atol=1e-4):
         return np.nan_to_num(data) > 0
