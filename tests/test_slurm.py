@@ -26,7 +26,7 @@ SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/
 
 def local_cluster_profile(workdir: Path) -> str:
     """profiles/slurm as shipped, with only the site keys a lab edits changed for this cluster: its one
-    partition (with the fake GPU), and memory and time caps that fit this small machine."""
+    partition (with the fake GPU), and memory, CPU and time caps that fit this small machine."""
     from giblet.stages import STAGES
 
     profile = yaml.safe_load((workdir / "profiles" / "slurm" / "config.yaml").read_text())
@@ -35,9 +35,12 @@ def local_cluster_profile(workdir: Path) -> str:
     for rule in STAGES:
         profile["set-resources"].setdefault(rule, {}).update(mem_mb=1500, runtime=10)
     profile["set-resources"]["train"]["runtime"] = 30  # longer than the USR1 lead time (600 s)
-    profile.update({"jobs": 4, "max-threads": 2, "latency-wait": 5,
-                    # no slurmdbd here: sacct cannot answer, squeue can
-                    "slurm-status-command": "squeue", "slurm-init-seconds-before-status-checks": 2})
+    # One CPU per job: this node's 2 CPUs run two jobs at once, as a cluster runs jobs side by side.
+    profile.update({"jobs": 4, "max-threads": 1, "latency-wait": 5,
+                    # no slurmdbd here: sacct cannot answer, squeue can; status checks 1 s after a job
+                    # is submitted or one ends (the executor waits 10 s more after each check that finds
+                    # nothing new)
+                    "slurm-status-command": "squeue", "slurm-init-seconds-before-status-checks": 1})
     target = workdir / "profiles" / "local-cluster"
     target.mkdir()
     (target / "config.yaml").write_text(yaml.safe_dump(profile))
@@ -58,9 +61,10 @@ def wait_for(condition, timeout: float, what: str, process: subprocess.Popen):
 
 @pytest.mark.slow
 def test_demo_on_slurm_every_job_submitted_and_training_resumes_after_a_signal(slurm_cluster, workflow_copy):
-    # Without audio: EnCodec on the CPU is the slowest job and adds nothing SLURM-specific.
-    small = SMALL_DEMO + ["stimulus.frames.width=32", "stimulus.frames.height=18", "stimulus.audio.enabled=false",
-                          "train.epochs=25",
+    # Without audio: EnCodec on the CPU is the slowest job and adds nothing SLURM-specific. Two subjects:
+    # their normalize_fmri jobs (one per subject, as with three) run side by side on the node's 2 CPUs.
+    small = SMALL_DEMO + ["demo.n_subjects=2", "stimulus.frames.width=32", "stimulus.frames.height=18",
+                          "stimulus.audio.enabled=false", "train.epochs=25",
                           "train.early_stopping_patience=0", "train.checkpoint.every_steps=5"]
     overlay = write_overlay(workflow_copy, small)
     profile = local_cluster_profile(workflow_copy)
@@ -89,7 +93,7 @@ def test_demo_on_slurm_every_job_submitted_and_training_resumes_after_a_signal(s
     submitted = [(int(job), rule) for job, rule in SUBMITTED.findall(output)]
     rules = sorted(rule for _, rule in submitted)
     assert rules == sorted(["demo_dataset", "extract_frames", "embed_text", "fmri_mask",
-                            "normalize_fmri", "normalize_fmri", "normalize_fmri", "average_fmri",
+                            "normalize_fmri", "normalize_fmri", "average_fmri",
                             "assemble_dataset", "train", "train", "baseline_ridge",
                             "evaluate", "plot_reconstructions", "lesion"])
     assert (workflow_copy / "results" / "evaluate" / "training.png").exists()  # made by a local rule

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -106,22 +107,41 @@ def steps_per_epoch(out: Path) -> int:
     return next(h["step"] for h in history if "val/total" in h)
 
 
+KILL_AT = [1, 3, "epoch_end", 8]
+
+
+@pytest.fixture(scope="module")
+def killed_then_resumed(bundle, uninterrupted_dir, tmp_path_factory) -> dict:
+    """For each KILL_AT: a run SIGKILLed at that step, whether model.pt existed after the kill, and the
+    rerun in the same folder. Every training process here is single-threaded (OMP_NUM_THREADS=1), so the
+    cases run two at a time, one per core; each case is still its own folder and its own processes."""
+    def case(kill_at):
+        step = steps_per_epoch(uninterrupted_dir) if kill_at == "epoch_end" else kill_at
+        out = tmp_path_factory.mktemp(f"killed_at_{kill_at}")
+        killed = run_training(bundle, out, fault_at_step=step)
+        model_after_kill = (out / "model.pt").exists()
+        resumed = run_training(bundle, out)
+        return {"step": step, "out": out, "killed": killed, "model_after_kill": model_after_kill,
+                "resumed": resumed}
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(KILL_AT, pool.map(case, KILL_AT)))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_at", [1, 3, "epoch_end", 8])
-def test_resume_after_sigkill_is_bitwise_identical(bundle, uninterrupted, uninterrupted_dir, tmp_path, kill_at):
+@pytest.mark.parametrize("kill_at", KILL_AT)
+def test_resume_after_sigkill_is_bitwise_identical(killed_then_resumed, uninterrupted, kill_at):
     """Killed mid-epoch (before and after the first save) and right after an epoch's last step."""
-    if kill_at == "epoch_end":
-        kill_at = steps_per_epoch(uninterrupted_dir)
-    killed = run_training(bundle, tmp_path, fault_at_step=kill_at)
-    assert killed.returncode == -signal.SIGKILL
-    assert not (tmp_path / "model.pt").exists()
-    resumed = run_training(bundle, tmp_path)
+    run = killed_then_resumed[kill_at]
+    kill_at, out, resumed = run["step"], run["out"], run["resumed"]
+    assert run["killed"].returncode == -signal.SIGKILL
+    assert not run["model_after_kill"]
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed at step" in resumed.stderr or kill_at < PARAMS["checkpoint"]["every_steps"]
-    assert_identical(uninterrupted, final_state(tmp_path))
+    assert_identical(uninterrupted, final_state(out))
     # The TensorBoard curve is whole (replayed from the checkpoint's history), each step once.
     n_steps = len([h for h in uninterrupted["history"] if "train/total" in h])
-    assert [e.step for e in tensorboard(tmp_path).Scalars("train/total")] == list(range(1, n_steps + 1))
+    assert [e.step for e in tensorboard(out).Scalars("train/total")] == list(range(1, n_steps + 1))
 
 
 def test_tensorboard_has_every_tag(uninterrupted_dir, uninterrupted):
@@ -144,30 +164,32 @@ def test_tensorboard_has_every_tag(uninterrupted_dir, uninterrupted):
 
 
 def test_sigterm_saves_exits_75_and_resumes(bundle, tmp_path):
-    """A long run, signalled mid-way: it checkpoints, exits 75, and a rerun finishes every step once."""
-    params = {**PARAMS, "epochs": 40, "checkpoint": {"every_steps": 1000, "every_minutes": None, "keep_rolling": 2}}
+    """A run signalled mid-way: it checkpoints, exits 75, and a rerun finishes every step once."""
+    # 10 epochs of 4 steps; the signal comes once the first epoch is saved (history.jsonl written), so
+    # it always lands after step 4 and with 9 epochs still to go.
+    params = {**PARAMS, "epochs": 10, "checkpoint": {"every_steps": 1000, "every_minutes": None, "keep_rolling": 2}}
+    n_steps = 10 * 4
     command = [sys.executable, "-m", "giblet.train", str(bundle), str(tmp_path), "--params", json.dumps(params)]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 120
-    while not (tmp_path / "tensorboard").exists() and time.time() < deadline:
-        time.sleep(0.1)
-    time.sleep(1.5)
+    while not (tmp_path / "history.jsonl").exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == EXIT_RESUME, stderr
     assert "signal SIGTERM: saving at step" in stderr
     saved = torch.load(tmp_path / "checkpoints" / "latest.pt", weights_only=False)
-    assert 0 < saved["step"] < 160 and not (tmp_path / "model.pt").exists()
+    assert 0 < saved["step"] < n_steps and not (tmp_path / "model.pt").exists()
     resumed = run_training(bundle, tmp_path, params=params)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed at step {saved['step']}" in resumed.stderr
     steps = [h["step"] for h in final_state(tmp_path)["history"] if "train/total" in h]
-    assert steps == list(range(1, 161))  # every step exactly once across the two runs
+    assert steps == list(range(1, n_steps + 1))  # every step exactly once across the two runs
 
 
 @pytest.mark.slow
-def test_two_gloo_ranks_resume_bitwise_after_sigkill(bundle, tmp_path):
+def test_two_gloo_ranks_resume_bitwise_after_sigkill(bundle, uninterrupted, tmp_path):
     """DDP over 2 gloo processes (torchrun): a rank SIGKILLed mid-epoch; the rerun equals the unbroken run."""
     whole = run_training(bundle, tmp_path / "whole", nproc=2)
     assert whole.returncode == 0, whole.stderr
@@ -177,10 +199,9 @@ def test_two_gloo_ranks_resume_bitwise_after_sigkill(bundle, tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert_identical(final_state(tmp_path / "whole"), final_state(tmp_path / "broken"))
     assert "resumed at step 4" in resumed.stderr  # the last save before step 5 (every 2 steps)
-    # Two ranks see different data and dropout: the result must differ from one process.
-    single = run_training(bundle, tmp_path / "single")
-    assert single.returncode == 0, single.stderr
-    assert not same(final_state(tmp_path / "whole")["model"], final_state(tmp_path / "single")["model"])
+    # Two ranks see different data and dropout: the result must differ from one process (the module's
+    # uninterrupted run: the same bundle and params in one process).
+    assert not same(final_state(tmp_path / "whole")["model"], uninterrupted["model"])
 
 
 @pytest.mark.slow
