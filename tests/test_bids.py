@@ -10,7 +10,8 @@ import pytest
 
 from giblet.config import ConfigError
 from giblet.errors import InputError
-from giblet.fmri.bids import describe, discover, natural_key, parse_name
+from giblet.fmri.bids import describe, discover
+from giblet.fmri.bids_names import natural_key, parse_name
 
 TASK, SPACE = "movie", "MNI152NLin2009cAsym"
 

@@ -13,7 +13,8 @@ The stages, in order (each writes file targets the next one reads):
 
 :mod:`giblet.fmri.nifti` maps (T, V) arrays back into brain space and out again. Voxel order is
 always numpy's C order of the mask's (i, j, k) indices, the same as nilearn's ``apply_mask``.
-:mod:`giblet.fmri.bids` finds an fMRIPrep folder's files for ``inputs.bids``.
+:mod:`giblet.fmri.bids` finds an fMRIPrep folder's files for ``inputs.bids`` (names parsed by
+:mod:`giblet.fmri.bids_names`).
 
 Nothing is imported here: each stage imports only its own module, so editing one stage's module
 reruns that stage alone (see :mod:`giblet.code_hash`).

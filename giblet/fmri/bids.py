@@ -8,13 +8,12 @@ fMRIPrep writes, per subject (and session) and run::
 
 (fMRIPrep before 20.0 named the confounds ``_desc-confounds_regressors.tsv``; both are accepted, the
 newer name preferred). :func:`discover` parses every file name under ``sub-*/func/`` and
-``sub-*/ses-*/func/`` into its entities (``key-value`` pairs joined by ``_``, then a suffix and an
-extension), keeps the preprocessed BOLD files of one task, space and (optionally) session, and
-returns one path pattern per kind of file, with ``{subject}`` and, when the files have runs,
-``{run}`` in it: the shape of the ``inputs.bold`` pattern the rest of the pipeline reads. Every other
-entity (``acq``, ``res``, ``echo``, ...) must have the same value in every file, so that one pattern
-fits them all; anything that does not fit is an :class:`~giblet.errors.InputError` naming the file
-or folder and what differs.
+``sub-*/ses-*/func/`` into its entities (:mod:`giblet.fmri.bids_names`), keeps the preprocessed BOLD
+files of one task, space and (optionally) session, and returns one path pattern per kind of file,
+with ``{subject}`` and, when the files have runs, ``{run}`` in it: the shape of the ``inputs.bold``
+pattern the rest of the pipeline reads. Every other entity (``acq``, ``res``, ``echo``, ...) must
+have the same value in every file, so that one pattern fits them all; anything that does not fit is
+an :class:`~giblet.errors.InputError` naming the file or folder and what differs.
 
 The confounds and mask of a BOLD file are found by its entities (those of the BOLD file, without
 ``space``/``res``/``den``/``cohort``/``echo`` for the confounds and without ``echo`` for the mask), so
@@ -34,13 +33,9 @@ from typing import Iterable, Mapping
 
 from giblet.config import ConfigError
 from giblet.errors import InputError
+from giblet.fmri.bids_names import LABEL, BidsName, name_differences, natural_key, path_template, scan
 
 log = logging.getLogger(__name__)
-
-# key-value entities, each followed by "_", then the suffix and the extension (".nii.gz", ".tsv").
-NAME = re.compile(r"^((?:[A-Za-z]+-[A-Za-z0-9]+_)+)([A-Za-z0-9]+)((?:\.[A-Za-z0-9]+)+)$")
-LABEL = re.compile(r"^[A-Za-z0-9]+$")
-FUNC_DIRS = ("sub-*/func", "sub-*/ses-*/func")
 
 # (desc, suffix, extension) of each kind of file.
 BOLD = ("preproc", "bold", ".nii.gz")
@@ -77,89 +72,6 @@ class Discovery:
     confounds: str | None
     brain_mask: str | None
     files: dict[tuple[str, str], dict[str, Path]]
-
-
-@dataclass(frozen=True)
-class _Name:
-    """One parsed BIDS file name; ``parts`` are the folders between the root and the file."""
-
-    path: Path
-    parts: tuple[str, ...]
-    entities: tuple[tuple[str, str], ...]
-    suffix: str
-    extension: str
-
-    def get(self, key: str) -> str | None:
-        return dict(self.entities).get(key)
-
-    def is_kind(self, desc_suffix_extension: tuple[str, str, str]) -> bool:
-        desc, suffix, extension = desc_suffix_extension
-        return (self.get("desc"), self.suffix, self.extension) == (desc, suffix, extension)
-
-
-def natural_key(label: str) -> tuple:
-    """Sort key that orders the digit runs in a label as numbers: ``2`` before ``10``, ``a2`` before ``a10``."""
-    pieces = re.split(r"(\d+)", label)
-    return [int(p) if i % 2 else p.lower() for i, p in enumerate(pieces)], label
-
-
-def parse_name(filename: str) -> tuple[tuple[tuple[str, str], ...], str, str] | None:
-    """``(entities, suffix, extension)`` of a BIDS file name, or None when it is not one.
-
-    >>> parse_name("sub-01_task-movie_run-1_desc-confounds_timeseries.tsv")
-    ((('sub', '01'), ('task', 'movie'), ('run', '1'), ('desc', 'confounds')), 'timeseries', '.tsv')
-    """
-    match = NAME.match(filename)
-    if not match:
-        return None
-    entities = tuple(tuple(pair.split("-", 1)) for pair in match.group(1)[:-1].split("_"))
-    if len({key for key, _ in entities}) != len(entities):  # an entity twice: not a BIDS name
-        return None
-    return entities, match.group(2), match.group(3)
-
-
-def _escape(text: str) -> str:
-    """``text`` as a literal inside a ``str.format`` pattern."""
-    return text.replace("{", "{{").replace("}", "}}")
-
-
-def _scan(root: Path) -> list[_Name]:
-    """Every parseable file name under the func folders of the subjects (and their sessions)."""
-    names = []
-    for func_glob in FUNC_DIRS:
-        for func in sorted(root.glob(func_glob)):
-            if not func.is_dir():
-                continue
-            parts = func.relative_to(root).parts
-            for path in sorted(func.iterdir()):
-                parsed = parse_name(path.name)
-                if parsed is not None and parsed[0][0][0] == "sub":
-                    names.append(_Name(root / Path(*parts) / path.name, parts, *parsed))
-    return names
-
-
-def _template(name: _Name, root: Path) -> str:
-    """The file's path as a pattern: its subject and run labels become ``{subject}`` and ``{run}``."""
-    subject = name.get("sub")
-    folders = ["sub-{subject}" if part == f"sub-{subject}" else _escape(part) for part in name.parts]
-    fields = {"sub": "sub-{subject}", "run": "run-{run}"}
-    entities = [fields.get(key, _escape(f"{key}-{value}")) for key, value in name.entities]
-    filename = "_".join(entities) + "_" + _escape(name.suffix + name.extension)
-    return os.sep.join([_escape(str(root)), *folders, filename])
-
-
-def _differences(a: _Name, b: _Name) -> list[str]:
-    """What tells two names apart, besides their subject and run labels: entities, folders, suffix."""
-    ea, eb = dict(a.entities), dict(b.entities)
-    keys = sorted(k for k in set(ea) | set(eb) if k != "sub" and (k != "run" or (k in ea) != (k in eb))
-                  and ea.get(k) != eb.get(k))
-    diff = [f"{k}- ({ea.get(k, 'absent')} vs {eb.get(k, 'absent')})" for k in keys]
-    if len(a.parts) != len(b.parts):
-        diff.append(f"folders ({'/'.join(a.parts[1:]) or 'none'} vs {'/'.join(b.parts[1:]) or 'none'} "
-                    "below the subject folder)")
-    if (a.suffix, a.extension) != (b.suffix, b.extension):
-        diff.append(f"suffix ({a.suffix}{a.extension} vs {b.suffix}{b.extension})")
-    return diff
 
 
 def _check_labels(task: str, space: str, session: str | None, select: Mapping[str, str]) -> None:
@@ -200,7 +112,7 @@ def _suggest(wanted: str | None, values: Iterable[str | None]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _no_bold_error(root: Path, names: list[_Name], task: str, space: str, session: str | None,
+def _no_bold_error(root: Path, names: list[BidsName], task: str, space: str, session: str | None,
                    select: Mapping[str, str]) -> InputError:
     """The error for 'nothing matched': what was found instead, so that a typo shows."""
     wanted = f"task '{task}', space '{space}'" + (f", session '{session}'" if session else "")
@@ -225,14 +137,14 @@ def _no_bold_error(root: Path, names: list[_Name], task: str, space: str, sessio
                             f"BOLD files there; {found})")
 
 
-def _matches(name: _Name, task: str, space: str, session: str | None, select: Mapping[str, str]) -> bool:
+def _matches(name: BidsName, task: str, space: str, session: str | None, select: Mapping[str, str]) -> bool:
     wanted = {"task": task, "space": space, **select}
     if session is not None:
         wanted["ses"] = session
     return name.is_kind(BOLD) and all(name.get(k) == v for k, v in wanted.items())
 
 
-def _group(bold: list[_Name]) -> dict[tuple[str, str], _Name]:
+def _group(bold: list[BidsName]) -> dict[tuple[str, str], BidsName]:
     """(subject, run) -> its one BOLD file; several files for one subject and run are an error."""
     groups = defaultdict(list)
     for name in bold:
@@ -243,7 +155,7 @@ def _group(bold: list[_Name]) -> dict[tuple[str, str], _Name]:
     return {key: group[0] for key, group in groups.items()}
 
 
-def _ambiguous_error(subject: str, run: str, group: list[_Name]) -> InputError:
+def _ambiguous_error(subject: str, run: str, group: list[BidsName]) -> InputError:
     keys = sorted({k for n in group for k, _ in n.entities if len({m.get(k) for m in group}) > 1})
     differ = "; ".join(f"{k}- values {_listing(n.get(k) or 'absent' for n in group)}" for k in keys)
     if "ses" in keys:
@@ -261,22 +173,22 @@ def _ambiguous_error(subject: str, run: str, group: list[_Name]) -> InputError:
                                             f"in {differ or 'folder'}; {fix}:\n  {files}")
 
 
-def _one_pattern(names: list[_Name], root: Path, kind: str) -> str:
+def _one_pattern(names: list[BidsName], root: Path, kind: str) -> str:
     """The pattern every name fits; an error listing an example of each when they fit several."""
     by_template = defaultdict(list)
     for name in names:
-        by_template[_template(name, root)].append(name)
+        by_template[path_template(name, root)].append(name)
     if len(by_template) == 1:
         return next(iter(by_template))
     groups = sorted(by_template.values(), key=len, reverse=True)
     examples = "\n  ".join(f"{g[0].path} (and {len(g) - 1} more like it)" if len(g) > 1 else str(g[0].path)
                            for g in groups)
-    differ = "; ".join(", ".join(_differences(groups[0][0], g[0])) or "folder names" for g in groups[1:])
+    differ = "; ".join(", ".join(name_differences(groups[0][0], g[0])) or "folder names" for g in groups[1:])
     raise InputError(root, f"the {KIND_NAMES[kind]} file names do not fit one pattern: they differ in {differ}; "
                            f"rename or move the odd ones out. An example of each:\n  {examples}")
 
 
-def _check_runs(grouped: dict[tuple[str, str], _Name], subjects: list[str], runs: list[str], pattern: str) -> None:
+def _check_runs(grouped: dict[tuple[str, str], BidsName], subjects: list[str], runs: list[str], pattern: str) -> None:
     """Every subject must have every run label that any subject has."""
     for subject in subjects:
         have = [r for r in runs if (subject, r) in grouped]
@@ -292,7 +204,7 @@ def _check_runs(grouped: dict[tuple[str, str], _Name], subjects: list[str], runs
                              f"have (runs of {subject}: {', '.join(have) or 'none'}){hint}")
 
 
-def _companion(bold: _Name, drop: frozenset, desc: str, suffix: str, extension: str,
+def _companion(bold: BidsName, drop: frozenset, desc: str, suffix: str, extension: str,
                root: Path) -> tuple[frozenset, Path]:
     """The entities that identify the confounds / mask of a BOLD file, and the path expected for it."""
     entities = [(k, desc if k == "desc" else v) for k, v in bold.entities if k not in drop]
@@ -300,8 +212,8 @@ def _companion(bold: _Name, drop: frozenset, desc: str, suffix: str, extension: 
     return frozenset(entities), root / Path(*bold.parts) / filename
 
 
-def _find_companions(grouped: dict[tuple[str, str], _Name], names: list[_Name], kind: str,
-                     root: Path) -> dict[tuple[str, str], _Name] | None:
+def _find_companions(grouped: dict[tuple[str, str], BidsName], names: list[BidsName], kind: str,
+                     root: Path) -> dict[tuple[str, str], BidsName] | None:
     """(subject, run) -> its confounds (or brain mask) file; None when none exists; every one or an error."""
     variants = CONFOUNDS if kind == "confounds" else (BRAIN_MASK,)
     drop = CONFOUNDS_DROP if kind == "confounds" else BRAIN_MASK_DROP
@@ -364,7 +276,7 @@ def discover(root: str | Path, task: str, space: str, session: str | None = None
     root, select = Path(root), dict(select or {})
     _check_labels(task, space, session, select)
     _check_root(root)
-    names = _scan(root)
+    names = scan(root)
     bold = [n for n in names if _matches(n, task, space, session, select)]
     if not bold:
         raise _no_bold_error(root, names, task, space, session, select)
