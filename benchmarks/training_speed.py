@@ -31,12 +31,8 @@ from giblet.model import BrainAutoencoder, losses
 from giblet.splits import plan_split
 from giblet.train.bottleneck import fix_principal_components
 from giblet.train.checkpoint import CheckpointManager
-from giblet.train.loop import (
-    Trainer,
-    default_params,
-    lr_factor,
-    make_optimizer,
-)
+from giblet.train.loop import Trainer, default_params
+from giblet.train.optim import lr_factor, make_optimizer
 from giblet.train.sampler import ResumableSampler
 
 FULL = {"n_trs": 440, "frames": (10, 90, 160, 3), "n_voxels": 29398}

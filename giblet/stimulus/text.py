@@ -27,7 +27,7 @@ from giblet import logs
 from giblet.config import ConfigError
 from giblet.devices import resolve_device
 from giblet.files import atomic_output_dir, write_sidecar
-from giblet.stimulus.annotations import COLUMN_PRESETS, read_annotations  # noqa: F401 (re-exported)
+from giblet.stimulus.annotations import read_annotations
 from giblet.stimulus.clip_weights import load_clip
 from giblet.stimulus.media import probe_movie
 from giblet.timing import n_trs as count_trs

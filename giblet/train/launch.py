@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 # The c10d rendezvous listens on the first node at RDZV_PORT + (job ID mod 1000), so two jobs that share
 # a node rarely collide; GIBLET_RDZV_PORT in the environment overrides it.
 RDZV_PORT = 29400
-# Signals a stop: the trainer saves at the next step and exits 75 (giblet.train.loop.StopFlag).
+# Signals a stop: the trainer saves at the next step and exits 75 (giblet.train.stop_flag.StopFlag).
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 # torchrun keeps handling these; the stop signals are the agent's own (agent() below).
 AGENT_SIGNALS = ("--signals-to-handle=SIGHUP,SIGQUIT",)

@@ -40,9 +40,11 @@ from giblet.train import distributed as dist
 from giblet.train.bottleneck import fix_principal_components
 from giblet.train.checkpoint import CheckpointManager, load_checkpoint
 from giblet.train.monitor import Monitor
+from giblet.train.optim import lr_factor, make_optimizer
 from giblet.train.params import learning_params
 from giblet.train.readout import fit_ridge_readout
 from giblet.train.sampler import ResumableSampler
+from giblet.train.stop_flag import StopFlag
 
 log = logging.getLogger(__name__)
 
@@ -88,23 +90,6 @@ def config_hash(params: dict, manifest_sha256: str, model_config: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-class StopFlag:
-    """SIGINT/SIGTERM/SIGUSR1 set ``raised``; the loop acts on it at the next step boundary."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
-
-    def __init__(self):
-        self.raised = None
-        self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-
-    def _handle(self, signum, frame):
-        self.raised = signal.Signals(signum).name
-
-    def restore(self):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-
 def rng_state() -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -118,23 +103,6 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warmup over ``warmup`` steps, then cosine decay to 0 at ``total`` (per optimizer step)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-
-def make_optimizer(name: str, parameters, lr: float, weight_decay: float):
-    if name == "adamw":
-        return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
-    if name == "adamw8bit":
-        import bitsandbytes as bnb
-
-        return bnb.optim.AdamW8bit(parameters, lr=lr, weight_decay=weight_decay)
-    raise ValueError(f"train.optimizer must be 'adamw' or 'adamw8bit', not {name!r}")
 
 
 class Trainer:
