@@ -54,7 +54,7 @@ def decode_r(X_fit, L_fit, X_test, L_test, fit_targets, lag_trs: int) -> np.ndar
     """Ridge (one alpha per latent, time-blocked CV) from ``X`` to the latents ``L``: test r per latent."""
     from giblet.evaluate.decoding_identification import ALPHAS
     from giblet.evaluate.metrics import pearson_columns
-    from giblet.evaluate.ridge import ridge_cv_predict
+    from giblet.evaluate.ridge_solvers import ridge_cv_predict
     from giblet.splits import blocked_cv
 
     mean, sd = X_fit.mean(0), X_fit.std(0) + 1e-8

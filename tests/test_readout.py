@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from giblet.data.manifest import read_manifest
-from giblet.evaluate.ridge import banded_ridge_predict, feature_groups, ridge_cv_predict
+from giblet.evaluate.ridge import feature_groups
+from giblet.evaluate.ridge_solvers import banded_ridge_predict, ridge_cv_predict
 from giblet.model.encoders import HemodynamicFilters
 from giblet.splits import blocked_cv
 from giblet.timing import hrf_kernel

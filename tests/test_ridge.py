@@ -12,7 +12,8 @@ from sklearn.linear_model import Ridge
 
 from giblet.data.manifest import ArrayFile
 from giblet.data.samples import WindowDataset
-from giblet.evaluate.ridge import RidgeResult, fit_ridge, ridge_cv_predict
+from giblet.evaluate.ridge import RidgeResult, fit_ridge
+from giblet.evaluate.ridge_solvers import ridge_cv_predict
 from giblet.splits import blocked_cv
 from giblet.evaluate.ridge_features import lagged, stimulus_features, window_trs
 from giblet.splits import Split, plan_split

@@ -126,7 +126,7 @@ def ridge_decoder(manifest: Manifest, fmri: np.ndarray, fit_blocks=("train", "va
     descriptors are those of the stimulus TR the model decodes (:func:`decoded_stimulus_trs`). Each
     descriptor dimension gets its own alpha among ``ALPHAS``.
     """
-    from giblet.evaluate.ridge import ridge_cv_predict
+    from giblet.evaluate.ridge_solvers import ridge_cv_predict
 
     split = manifest.split
     delay = decode_delay(manifest)

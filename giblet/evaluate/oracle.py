@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from giblet.data.manifest import Manifest
-from giblet.evaluate.ridge import DEFAULT_ALPHAS, ridge_cv_predict
+from giblet.evaluate.ridge_solvers import DEFAULT_ALPHAS, ridge_cv_predict
 from giblet.splits import blocked_cv
 
 DESIGN_PREFIX = "design_"
