@@ -13,8 +13,8 @@ from pathlib import Path
 import yaml
 
 from giblet import __version__
-from giblet.config import ConfigError, load_config
-from giblet.errors import InputError
+from giblet.config import load_config
+from giblet.errors import ConfigError, InputError
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:

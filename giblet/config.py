@@ -15,11 +15,9 @@ from typing import Any
 
 import yaml
 
+from giblet.errors import ConfigError
+
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "config.schema.yaml"
-
-
-class ConfigError(ValueError):
-    """A configuration key is unknown, mistyped or out of range; the message names the key."""
 
 
 def load_schema() -> dict:

@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from giblet.config import ConfigError
+from giblet.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Errors about the user's input files: each names the file and the problem."""
+"""The errors a user can fix: a bad input file (named) or a bad configuration key (named)."""
 
 from __future__ import annotations
 
@@ -14,3 +14,7 @@ class InputError(ValueError):
     def __init__(self, path: str | Path, problem: str):
         self.path, self.problem = Path(path), problem
         super().__init__(f"{path}: {problem}")
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, mistyped or out of range; the message names the key."""

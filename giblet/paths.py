@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from giblet.config import ConfigError
+from giblet.errors import ConfigError
 from giblet.demo.layout import output_paths as demo_output_paths
 
 

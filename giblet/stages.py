@@ -251,8 +251,7 @@ def run(rule: str, arguments: dict, *, logfile: str | None = None, threads: int 
     too for an unexpected error, which is a bug to report). A stage that returns an int (training:
     75 after a signal) passes it on.
     """
-    from giblet.config import ConfigError
-    from giblet.errors import InputError
+    from giblet.errors import ConfigError, InputError
     from giblet.logs import setup_logging, traceback_to_log_files
 
     setup_logging(logfile)

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from giblet.config import ConfigError
-from giblet.errors import InputError
+from giblet.errors import ConfigError, InputError
 from giblet.fmri.bids import describe, discover
 from giblet.fmri.bids_names import natural_key, parse_name
 

@@ -5,7 +5,8 @@ import re
 import pytest
 import yaml
 
-from giblet.config import ConfigError, load_config, load_schema, validate_config
+from giblet.config import load_config, load_schema, validate_config
+from giblet.errors import ConfigError
 from tests.conftest import REPO
 
 

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from giblet import paths, rules, stages
-from giblet.config import ConfigError, apply_overrides, load_config, validate_config
-from giblet.errors import InputError
+from giblet.config import apply_overrides, load_config, validate_config
+from giblet.errors import ConfigError, InputError
 from giblet.splits import Split
 from tests.fmriprep_like import giblet_config, write_fmriprep_like
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from giblet.config import ConfigError, load_config
-from giblet.errors import InputError
+from giblet.config import load_config
+from giblet.errors import ConfigError, InputError
 from giblet.stimulus.frame_features import embed_frames
 from giblet.stimulus.frames import extract_frames, frames_per_tr
 from tests.test_frames import expected_numbers, write_numbered_clip

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from giblet.config import ConfigError
+from giblet.errors import ConfigError
 from giblet.train.launch import Allocation, launch, multinode_command, node_command, rendezvous_port, slurm_allocation
 from giblet.train.loop import EXIT_RESUME
 from tests.test_train import PARAMS, assert_identical, final_state, make_bundle

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from giblet.config import ConfigError
+from giblet.errors import ConfigError
 from giblet.devices import job_device, resolve_device
 from giblet.train.launch import granted_gpus
 from tests.test_workflow import snakemake, write_overlay

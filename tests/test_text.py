@@ -12,8 +12,7 @@ import openpyxl
 import pytest
 import torch
 
-from giblet.config import ConfigError
-from giblet.errors import InputError
+from giblet.errors import ConfigError, InputError
 from giblet.files import read_sidecar
 from giblet.stimulus.media import probe_movie
 from giblet.stimulus.text import (

@@ -222,7 +222,7 @@ def test_early_stopping_stops_both_ranks_at_the_same_step(bundle, tmp_path):
 
 
 def test_asking_for_more_gpus_than_visible_fails_before_training(bundle, tmp_path, monkeypatch):
-    from giblet.config import ConfigError
+    from giblet.errors import ConfigError
     from giblet.train.launch import launch, training_command
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")

@@ -31,8 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from giblet.config import ConfigError
-from giblet.errors import InputError
+from giblet.errors import ConfigError, InputError
 from giblet.fmri.bids_names import LABEL, BidsName, name_differences, natural_key, path_template, scan
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from giblet.errors import InputError
+from giblet.errors import ConfigError, InputError
 from giblet.timing import n_trs as whole_trs
 
 EXTRA_VOLUMES_ALLOWED = 1
@@ -29,8 +29,6 @@ def _start_tr(start_s: float, tr: float, index: int) -> int:
     """A run's start as a whole stimulus TR: the features sit on the TR grid from the movie's time 0."""
     position = start_s / tr
     if abs(position - round(position)) > START_TOLERANCE_TRS:
-        from giblet.config import ConfigError
-
         raise ConfigError(f"invalid config key 'inputs.runs[{index}].start_s': {start_s:g} s is not a whole "
                           f"number of TRs ({tr:g} s); the stimulus features are on the TR grid from the movie's "
                           f"start, so trim the run (more dummy_volumes) or the movie to a TR boundary")

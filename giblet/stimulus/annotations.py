@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from giblet.config import ConfigError
-from giblet.errors import InputError
+from giblet.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 

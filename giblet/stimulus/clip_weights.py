@@ -18,8 +18,7 @@ from pathlib import Path
 
 import torch
 
-from giblet.config import ConfigError
-from giblet.errors import InputError
+from giblet.errors import ConfigError, InputError
 from giblet.files import sha256_file
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")

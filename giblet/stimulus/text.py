@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from giblet import logs
-from giblet.config import ConfigError
+from giblet.errors import ConfigError
 from giblet.devices import resolve_device
 from giblet.files import atomic_output_dir, write_sidecar
 from giblet.stimulus.annotations import read_annotations

@@ -25,7 +25,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from giblet.config import ConfigError
+from giblet.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
