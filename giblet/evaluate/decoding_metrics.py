@@ -89,7 +89,8 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
     return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
 
 
-def text_metrics(decoded: np.ndarray, true: np.ndarray, mask: np.ndarray, ks: tuple[int, ...] = (1, 5)) -> dict:
+def text_metrics(decoded: np.ndarray, true: np.ndarray, mask: np.ndarray | None = None,
+                 ks: tuple[int, ...] = (1, 5)) -> dict:
     """Text embeddings decoded from the brain: retrieval among the block's distinct true embeddings.
 
     Each annotated slot (``mask`` True) is a query: its decoded embedding is compared by cosine with
@@ -99,8 +100,9 @@ def text_metrics(decoded: np.ndarray, true: np.ndarray, mask: np.ndarray, ks: tu
     Parameters
     ----------
     decoded, true : arrays of shape (n_samples, k, dim)
-    mask : bool array of shape (n_samples, k)
-        Slots that hold an annotation; the others are neither queries nor candidates.
+    mask : bool array of shape (n_samples, k), optional
+        Slots that hold an annotation; the others are neither queries nor candidates. None: every
+        slot is filled (the CLIP embeddings of a TR's frames).
     ks : tuple of int
         Retrieval depths reported as ``top{k}``.
 
@@ -112,7 +114,7 @@ def text_metrics(decoded: np.ndarray, true: np.ndarray, mask: np.ndarray, ks: tu
         ``n_queries``, ``n_candidates``. Values are None when no slot is annotated.
     """
     decoded, true = np.asarray(decoded, dtype=np.float64), np.asarray(true, dtype=np.float64)
-    mask = np.asarray(mask, dtype=bool)
+    mask = np.ones(true.shape[:2], dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
     if decoded.shape != true.shape or mask.shape != true.shape[:2]:
         raise ValueError(f"decoded {decoded.shape}, true {true.shape} and mask {mask.shape} disagree")
     queries, targets = decoded[mask], true[mask]                           # (Q, d)

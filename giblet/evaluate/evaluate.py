@@ -140,8 +140,7 @@ def decoding_metrics(decoded: dict, stimulus: dict, manifest: Manifest) -> dict:
                          "baseline": "the training block's mean frame"}
     if "frame_features" in decoded and "frame_features" in stimulus:
         # Retrieval of each frame's CLIP embedding among the block's, as text_metrics does for annotations.
-        true = stimulus["frame_features"]
-        out["frame_features"] = text_metrics(decoded["frame_features"], true, np.ones(true.shape[:2], dtype=bool))
+        out["frame_features"] = text_metrics(decoded["frame_features"], stimulus["frame_features"])
     if "code_logits" in decoded and "codes" in stimulus:
         out["audio_codes"] = {**code_metrics(decoded["code_logits"], stimulus["codes"], _train_codes(manifest)),
                               "baseline": "the training block's most frequent code per codebook"}

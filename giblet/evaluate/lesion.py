@@ -113,9 +113,8 @@ def scores(decoded: dict, stimulus: dict) -> dict:
         frames = frame_metrics(decoded["frames"], stimulus["frames"])
         out.update(frames_r=frames["pixel_r_mean"], frames_mse=frames["mse"])
     if "frame_features" in decoded:
-        true = stimulus["frame_features"]
-        out["frame_features_cosine"] = text_metrics(decoded["frame_features"], true,
-                                                    np.ones(true.shape[:2], dtype=bool))["cosine_mean"]
+        out["frame_features_cosine"] = text_metrics(decoded["frame_features"],
+                                                    stimulus["frame_features"])["cosine_mean"]
     if "code_logits" in decoded:
         out["codes_accuracy"] = code_metrics(decoded["code_logits"], stimulus["codes"])["accuracy_mean"]
     if "text" in decoded:
