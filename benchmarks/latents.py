@@ -7,7 +7,9 @@ the TR) is decoded by a ridge per latent (one alpha per latent by time-blocked C
 training and validation targets, from:
 
 - ``model``: the model's decoded stimulus (:func:`decoded_descriptors` of its decoders' output for
-  the measured brain): what its reconstructions carry about the story;
+  the measured brain), each group from its own modality: the visual latents from the decoded frames
+  alone (their 9 x 16 colour grid), the auditory ones from the decoded codes, the language ones from
+  the decoded text: what its reconstructions carry about the story;
 - ``banded ridge``: the ridge decoder baseline's input, the measured brain's first 256 principal
   components (fitted on the fit targets);
 - ``oracle``: the same decoder on the demo's noise-free signal: what the brain encodes at all.
@@ -64,18 +66,27 @@ def decode_r(X_fit, L_fit, X_test, L_test, fit_targets, lag_trs: int) -> np.ndar
     return pearson_columns(predicted, L_test)
 
 
-def _model_descriptors(results: Path, manifest, blocks) -> np.ndarray:
-    from giblet.evaluate.decoding_identification import decoded_descriptors
+# The decoded modality each latent group is read from.
+GROUP_MODALITY = {"visual": "frames", "auditory": "audio", "language": "text"}
+
+
+def _model_descriptors(results: Path, manifest, blocks) -> dict[str, np.ndarray]:
+    """{modality: the decoded stimulus of every target of ``blocks`` as descriptors (n, p)}; frames as
+    their mean frame's colour grid (:func:`mean_frame_grid`)."""
+    from giblet.evaluate.decoding_identification import decoded_descriptors, mean_frame_grid
     from giblet.evaluate.load import predict
     from giblet.model.model_file import load_model
 
     model, _ = load_model(results / "train" / "model.pt")
-    parts = []
+    parts: dict[str, list] = {}
     for block in blocks:
         p = predict(model, manifest, block)
         descriptors = decoded_descriptors(p.decoded, p.stimulus.get("text_mask"))
-        parts.append(np.concatenate([descriptors[k] for k in sorted(descriptors)], axis=1))
-    return np.concatenate(parts)
+        if "frames" in p.decoded:
+            descriptors["frames"] = mean_frame_grid(p.decoded["frames"])
+        for modality, value in descriptors.items():
+            parts.setdefault(modality, []).append(value)
+    return {modality: np.concatenate(values) for modality, values in parts.items()}
 
 
 def latent_decoding(results: str | Path) -> dict:
@@ -93,14 +104,23 @@ def latent_decoding(results: str | Path) -> dict:
     test = np.asarray(split.targets("test"))
     delay = decode_delay(manifest)
     L_fit, L_test = (latents[decoded_stimulus_trs(split, t, delay)] for t in (fit, test))
+    model_fit, model_test = (_model_descriptors(results, manifest, b) for b in (fit_blocks, ["test"]))
     inputs = {
-        "model": (_model_descriptors(results, manifest, fit_blocks), _model_descriptors(results, manifest, ["test"])),
         "banded ridge": brain_components(np.load(manifest.arrays["fmri"].path, mmap_mode="r"), fit, test),
         "oracle": brain_components(truth["signal"], fit, test),
     }
-    out = {}
+    groups = np.asarray(groups)
+    out = {"model": {"by_latent": {}, "group_r": {}}}
+    for group in LATENT_GROUPS:
+        modality, columns = GROUP_MODALITY[group], np.flatnonzero(groups == group)
+        if modality not in model_fit:
+            continue
+        r = decode_r(model_fit[modality], L_fit[:, columns], model_test[modality], L_test[:, columns], fit,
+                     split.lag_trs)
+        out["model"]["by_latent"].update({names[c]: float(v) for c, v in zip(columns, r)})
+        out["model"]["group_r"][group] = float(np.mean(r))
     for row, (X_fit, X_test) in inputs.items():
         r = decode_r(X_fit, L_fit, X_test, L_test, fit, split.lag_trs)
         out[row] = {"by_latent": dict(zip(names, map(float, r))),
-                    "group_r": {g: float(np.mean([v for v, gg in zip(r, groups) if gg == g])) for g in LATENT_GROUPS}}
+                    "group_r": {g: float(np.mean(r[groups == g])) for g in LATENT_GROUPS}}
     return out

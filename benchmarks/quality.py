@@ -19,6 +19,8 @@ Printed per seed, and as mean ± sd over seeds, everything on the held-out test 
   measured brain, ranked among the test TRs' stimuli; the baseline row is the ridge decoder;
 - for the model, the banded ridge baseline (``ridge.json``), the oracle (ridge on the demo's true
   regressors, in ``metrics.json``) and chance;
+- the frames in ``decoded_test.npz`` scored without the model (``recon_frames_top1``: each test row's
+  mean frame on a 9 x 16 colour grid, ranked among the test rows' true frames);
 - the demo's latents decoded from the brain (``lat_<group>_r``: mean test r over the group's latents;
   see ``benchmarks/latents.py``, every latent in ``benchmark-latents.json``);
 - wall time per stage (the sum over a stage's jobs, from the Snakemake log of the run that last ran it).
@@ -39,6 +41,21 @@ from pathlib import Path
 import yaml
 
 from benchmarks.latents import latent_decoding
+
+
+def score_decoded_frames(decoded_npz: Path, manifest_path: Path) -> dict | None:
+    """``decoded_test.npz``'s frames scored without the model: each row's mean frame on the 9 x 16 colour
+    grid against every test row's true frames (``frame_grid_identification``); None without frames."""
+    import numpy as np
+
+    from giblet.data.manifest import read_manifest
+    from giblet.evaluate.decoding_identification import frame_grid_identification
+
+    with np.load(decoded_npz) as decoded:
+        if "frames" not in decoded:
+            return None
+        true = np.load(read_manifest(manifest_path).arrays["frames"].path, mmap_mode="r")[decoded["trs"]]
+        return frame_grid_identification(decoded["frames"], true)
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = {False: {"resolution_mm": 4},
@@ -85,7 +102,8 @@ def run_seed(seed: int, quick: bool, cores: int) -> dict:
     overlay, results = seed_config(seed, quick)
     # Relative to the workflow directory, as the rules name them.
     targets = [(results / "evaluate" / "metrics" / "metrics.json").relative_to(REPO),
-               (results / "evaluate" / "ridge.json").relative_to(REPO)]
+               (results / "evaluate" / "ridge.json").relative_to(REPO),
+               (results / "evaluate" / "reconstructions" / "decoded_test.npz").relative_to(REPO)]
     command = [sys.executable, "-m", "snakemake", "--cores", str(cores), "--configfile",
                "config/benchmark.yaml", str(overlay.relative_to(REPO)), "--", *map(str, targets)]
     started = time.perf_counter()
@@ -103,6 +121,7 @@ def run_seed(seed: int, quick: bool, cores: int) -> dict:
     (results / "benchmark-latents.json").write_text(json.dumps(latents, indent=1))
     return {"seed": seed, "metrics": json.loads((REPO / targets[0]).read_text()),
             "ridge": json.loads((REPO / targets[1]).read_text()), "latents": latents,
+            "reconstructed_frames": score_decoded_frames(REPO / targets[2], results / "dataset" / "manifest.json"),
             "stage_seconds": times, "wall_seconds_this_run": wall}
 
 
@@ -134,6 +153,9 @@ def seed_table(run: dict) -> dict[str, dict[str, float | None]]:
         row.update({f"frac_{k}": v for k, v in _region_fractions(regions).items()})
         table[name] = row
     table["chance"] = {"frac_ceiling": 0.0, "r_reliable": 0.0, "top1": ident["chance_top1"], "top5": ident["chance_top5"]}
+    if run.get("reconstructed_frames"):  # decoded_test.npz's frames on the 9 x 16 grid
+        table["model"]["recon_frames_top1"] = run["reconstructed_frames"]["top1"]
+        table["chance"]["recon_frames_top1"] = run["reconstructed_frames"]["chance_top1"]
     for name, decoded in (run.get("latents") or {}).items():
         for group, r in decoded["group_r"].items():
             table[name][f"lat_{group}_r"] = r

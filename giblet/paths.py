@@ -45,6 +45,28 @@ def stimulus(config: dict) -> dict:
     }
 
 
+# Pretrained modality -> its manifest roles: the latents of every TR, the autoencoder file.
+PRETRAINED_ROLES = {"frames": ("frame_latents", "frame_autoencoder"), "audio": ("audio_latents", "audio_autoencoder")}
+
+
+def pretrain(config: dict) -> dict:
+    """Outputs of the pretraining stages, by modality (``frames``, ``audio``): the autoencoder, the
+    latents of every TR (and their sidecar), the loss history and TensorBoard; ``checkpoints`` is
+    beside them, not an output (a failed job's outputs are deleted, resume state must survive)."""
+    root = Path(config["results_dir"]) / "pretrain"
+    return {kind: {"autoencoder": root / kind / "autoencoder.pt", "latents": root / kind / "latents.npy",
+                   "sidecar": root / kind / "latents.json", "history": root / kind / "history.jsonl",
+                   "tensorboard": root / kind / "tensorboard", "checkpoints": root / kind / "checkpoints"}
+            for kind in ("frames", "audio")}
+
+
+def pretrains(config: dict, kind: str) -> bool:
+    """Whether the config pretrains ``kind``'s autoencoder: pretraining is on and the modality makes
+    what it learns from (pixel frames, codes)."""
+    role = {"frames": "frames", "audio": "audio_codes"}[kind]
+    return bool(config["pretrain"]["enabled"]) and uses_role(config, role)
+
+
 # Array roles in the manifest -> (key in stimulus(), the modality that makes it).
 STIMULUS_ARRAYS = {"frames": ("frames", "frames"), "frame_features": ("frame_features", "frames"),
                    "audio_codes": ("audio", "audio"), "text": ("text", "text"), "text_mask": ("text_mask", "text")}
@@ -65,15 +87,22 @@ def uses_role(config: dict, role: str) -> bool:
 
 
 def stimulus_arrays(config: dict) -> dict[str, Path]:
-    """The enabled modalities' arrays, by manifest role (what assemble_dataset reads)."""
+    """The enabled modalities' arrays, by manifest role (what assemble_dataset reads): the stimulus
+    stages' and, with pretraining, ``frame_latents``/``audio_latents`` and their ``*_autoencoder`` files."""
     out = stimulus(config)
-    return {role: out[key] for role, (key, _) in STIMULUS_ARRAYS.items() if uses_role(config, role)}
+    arrays = {role: out[key] for role, (key, _) in STIMULUS_ARRAYS.items() if uses_role(config, role)}
+    for kind, files in pretrain(config).items():
+        if pretrains(config, kind):
+            latents, autoencoder = PRETRAINED_ROLES[kind]
+            arrays[latents], arrays[autoencoder] = files["latents"], files["autoencoder"]
+    return arrays
 
 
 def enabled_stimulus_outputs(config: dict) -> list[Path]:
     """Every stimulus file the enabled modalities produce (arrays, sidecars, the text library)."""
     out = stimulus(config)
     extra = [out[k] for role, keys in SIDECAR_FILES.items() if uses_role(config, role) for k in keys]
+    extra += [pretrain(config)[kind]["sidecar"] for kind in ("frames", "audio") if pretrains(config, kind)]
     return list(stimulus_arrays(config).values()) + extra
 
 
@@ -185,7 +214,8 @@ def evaluate(config: dict) -> dict:
             "metrics": root / "metrics" / "metrics.json",
             "r_map": root / "metrics" / bids_name(config, "modelr", "stat", ".nii.gz"),
             "r_map_png": root / "metrics" / "r_map.png", "ridge": root / "ridge.json",
-            "reconstructions": reconstructions, "lesion_json": root / "lesion.json", "lesion_png": root / "lesion.png",
+            "reconstructions": reconstructions, "decoded_test": root / "reconstructions" / "decoded_test.npz",
+            "lesion_json": root / "lesion.json", "lesion_png": root / "lesion.png",
             "training_png": root / "training.png",
             "summary_csv": report / "summary.csv", "about_csv": report / "about.csv",
             "metrics_csv": report / "metrics.csv", "ridge_csv": report / "ridge.csv",

@@ -128,6 +128,15 @@ def resources(rule: str, config: dict, size: DataSize | None = None) -> dict:
         # of movie are sampled.
         "embed_frames": lambda: {"mem_mb": _mb(4000), "runtime": _minutes(t * _frames_per_tr(config) / 15),
                                  "gpus": _device_gpus(stimulus["frames"]["clip"]["device"])},
+        # Every frame at the rate, held in memory as uint8 at the autoencoder's size; about 60 frames/s
+        # of training on 2 CPU cores per epoch (the demo: 15 epochs of 3,500 frames in about 70 s).
+        "pretrain_frames": lambda: _pretrain(config["pretrain"]["frames"],
+                                             size.n_trs * config["tr"] * config["pretrain"]["frames"]["rate"] *
+                                             config["pretrain"]["frames"]["height"] *
+                                             config["pretrain"]["frames"]["width"] * 3 / MB,
+                                             t * config["tr"] * config["pretrain"]["frames"]["rate"] / 60),
+        # Every TR's codes as int64 (8 bytes per codebook and frame); the demo's 100 epochs take ~20 s.
+        "pretrain_audio": lambda: _pretrain(config["pretrain"]["audio"], t * 112 * 32 * 8 / MB, t / 2000),
         "fmri_mask": lambda: {"mem_mb": _mb(1000, 2.5 * subject), "runtime": _minutes(20 * size.n_subjects * per_voxel_tr)},
         "normalize_fmri": lambda: {"mem_mb": _mb(1000, 1.5 * subject), "runtime": _minutes(30 * per_voxel_tr)},
         "average_fmri": lambda: {"mem_mb": _mb(1000, 3 * group), "runtime": _minutes(10 * size.n_subjects * per_voxel_tr)},
@@ -178,6 +187,14 @@ def _train(train: dict, dataset_mb: float) -> dict:
     return request
 
 
+def _pretrain(section: dict, samples_mb: float, epoch_s: float) -> dict:
+    """A pretraining job: its samples in memory (per process), an epoch's seconds on 2 CPU cores times
+    the epochs (a GPU is far faster; the request stays a safe upper bound), its GPUs."""
+    gpus = section["gpus"]
+    return {"mem_mb": _mb(3000 * max(1, gpus), 2 * max(1, gpus) * samples_mb),
+            "runtime": _minutes(section["epochs"] * epoch_s), "gpus": gpus}
+
+
 CPUS_PER_GPU = 8  # a training job's CPUs beside each GPU: data loading and the torchrun process
 
 
@@ -186,4 +203,6 @@ def threads(rule: str, config: dict) -> int:
     A GPU training job asks ``CPUS_PER_GPU`` per GPU instead."""
     if rule == "train":
         return 4 if config["train"]["gpus"] == 0 else 1
+    if rule.startswith("pretrain_"):
+        return 2 if config["pretrain"][rule.removeprefix("pretrain_")]["gpus"] == 0 else CPUS_PER_GPU
     return {"extract_frames": 2, "encode_audio": 4, "embed_text": 4, "embed_frames": 4, "baseline_ridge": 4}.get(rule, 1)

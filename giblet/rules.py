@@ -38,6 +38,9 @@ def params(rule: str, config: dict) -> dict:
         "encode_audio": lambda: {"settings": stimulus["audio"], "tr": tr},
         "embed_text": lambda: {"settings": stimulus["text"], "tr": tr},
         # Only what the mask depends on: a normalization change must not rerun it.
+        # The learning keys of its section; gpus says how to run (a checkpoint refuses another world size).
+        "pretrain_frames": lambda: {"settings": config["pretrain"]["frames"], "tr": tr},
+        "pretrain_audio": lambda: {"settings": config["pretrain"]["audio"], "tr": tr},
         "fmri_mask": lambda: {"runs": _runs_table(config),
                               "fmri": {**{key: fmri[key] for key in ("mask", "majority_fraction", "short_subjects")},
                                        "confound_columns": _confound_columns(config)},
@@ -105,6 +108,8 @@ def outputs(rule: str, config: dict) -> dict:
         "encode_audio": lambda: {"codes": stim["audio"], "sidecar": stim["audio_sidecar"]},
         "embed_text": lambda: {"text": stim["text"], "mask": stim["text_mask"], "library": stim["text_annotations"],
                                "sidecar": stim["text_sidecar"]},
+        "pretrain_frames": lambda: _pretrain_outputs(config, "frames"),
+        "pretrain_audio": lambda: _pretrain_outputs(config, "audio"),
         "fmri_mask": lambda: {"mask": fmri["mask"], "info": fmri["info"]},
         "normalize_fmri": lambda: {"z": fmri["z"], "sidecar": fmri["z_sidecar"], "stats": fmri["stats"]},
         "average_fmri": lambda: {"group": fmri["group"], "sidecar": fmri["group_sidecar"], "ceiling": fmri["ceiling"]},
@@ -115,7 +120,7 @@ def outputs(rule: str, config: dict) -> dict:
         "examine_weights": lambda: {"json": ev["weights_json"], "png": ev["weights_png"]},
         "evaluate": lambda: {"metrics": ev["metrics"], "r_map": ev["r_map"], "png": ev["r_map_png"]},
         "baseline_ridge": lambda: {"ridge": ev["ridge"]},
-        "plot_reconstructions": lambda: {"figures": ev["reconstructions"]},
+        "plot_reconstructions": lambda: {"figures": ev["reconstructions"], "decoded": ev["decoded_test"]},
         "lesion": lambda: {"json": ev["lesion_json"], "png": ev["lesion_png"]},
         "training_summary": lambda: {"png": ev["training_png"]},
         "report_results": lambda: {"summary": ev["summary_csv"], "about": ev["about_csv"],
@@ -125,6 +130,11 @@ def outputs(rule: str, config: dict) -> dict:
                                    "description": ev["dataset_description"]},
     }
     return {key: _strs(value) for key, value in table[rule]().items()}
+
+
+def _pretrain_outputs(config: dict, kind: str) -> dict:
+    files = paths.pretrain(config)[kind]
+    return {key: files[key] for key in ("autoencoder", "latents", "sidecar", "history", "tensorboard")}
 
 
 def inputs(rule: str, config: dict, subject: str | None = None) -> dict:
@@ -145,6 +155,8 @@ def inputs(rule: str, config: dict, subject: str | None = None) -> dict:
         "encode_audio": lambda: {"movie": movie},
         "embed_text": lambda: {"annotations": paths.annotations(config) if config["stimulus"]["text"]["enabled"]
                                else [], "movie": movie},
+        "pretrain_frames": lambda: {"movie": movie, "frames": paths.stimulus(config)["frames"]},
+        "pretrain_audio": lambda: {"codes": paths.stimulus(config)["audio"]},
         # A mask given as a file is an input, so that editing it reruns the fMRI chain.
         # With inputs.runs, each run is checked against its segment of the movie.
         "fmri_mask": lambda: {"bold": paths.run_files(config, "bold"),

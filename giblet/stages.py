@@ -86,6 +86,38 @@ def embed_text(*, annotations, movie, text, mask, library, sidecar, settings, tr
 
 
 @stage
+def pretrain_frames(*, movie, frames, autoencoder, latents, sidecar, history, tensorboard, settings, tr, train_config,
+                    threads=1, gpus=0, progress=True):
+    """The frame autoencoder, learned from the movie's frames at ``settings["rate"]``; the latents of
+    every TR's frames in ``frames.npy``. Returns the exit status (75 after a signal: a rerun resumes)."""
+    import torch
+
+    from giblet.pretrain.launch import launch_pretraining
+    from giblet.pretrain.trainer import pretrain_params
+
+    torch.set_num_threads(threads)
+    params = pretrain_params(settings, train_config)
+    return launch_pretraining("frames", frames, Path(autoencoder).parent, params, tr, movie,
+                              min(int(settings["gpus"]), gpus))
+
+
+@stage
+def pretrain_audio(*, codes, autoencoder, latents, sidecar, history, tensorboard, settings, tr, train_config,
+                   threads=1, gpus=0, progress=True):
+    """The code autoencoder, learned from every chunk of the soundtrack's codes; the latents of every
+    TR's chunks. Returns the exit status (75 after a signal: a rerun resumes)."""
+    import torch
+
+    from giblet.pretrain.launch import launch_pretraining
+    from giblet.pretrain.trainer import pretrain_params
+
+    torch.set_num_threads(threads)
+    params = pretrain_params(settings, train_config)
+    return launch_pretraining("audio", codes, Path(autoencoder).parent, params, tr, None,
+                              min(int(settings["gpus"]), gpus))
+
+
+@stage
 def fmri_mask(*, bold, confounds, brain_mask, mask_file, movie, mask, info, runs, fmri, tr, progress=True):
     """Check every subject's runs (shape, affine, TR, length, confounds columns) and build the shared
     mask. The files are read through ``runs``; ``movie`` is given when the runs are placed on its clock
@@ -192,9 +224,10 @@ def baseline_ridge(*, manifest, ridge, reliable_threshold, null_shifts, progress
 
 
 @stage
-def plot_reconstructions(*, model, manifest, verified, figures, examples, reliable_threshold, device, gpus=0,
+def plot_reconstructions(*, model, manifest, verified, figures, decoded, examples, reliable_threshold, device, gpus=0,
                          progress=True):
-    """What the decoders reconstruct from the true brain: reconstructions/ as a whole."""
+    """What the decoders reconstruct from the true brain: reconstructions/ as a whole (the figures, and
+    ``decoded``, every test TR's decoded stimulus)."""
     from giblet.devices import job_device
     from giblet.evaluate.reconstructions import plot_reconstructions as plot
 

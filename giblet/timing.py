@@ -52,9 +52,39 @@ def hrf_peak_trs(tr: float) -> int:
     return int(round(np.argmax(kernel) * 0.01 / tr))
 
 
+# A brain volume belongs to the window the decoders read for a stimulus TR when its response to that
+# TR is at least this fraction of the strongest volume's.
+DECODE_WINDOW_FRACTION = 0.75
+
+
+def hrf_window_trs(tr: float) -> tuple[int, int]:
+    """``(first, last)``: the brain volumes ``s + first .. s + last`` that respond most to stimulus TR ``s``.
+
+    The response to a stimulus lasting TR ``s`` (the Glover HRF convolved with a TR-long boxcar),
+    read at each later volume's reference time ``(k + 0.5) * tr`` after the TR's start; the volumes
+    at ``DECODE_WINDOW_FRACTION`` of the strongest or more. At 1.5 s: volumes 3 and 4 after (0.93 and 1
+    of the peak; volume 2 has 0.55, volume 5 0.51).
+    """
+    dt = 0.01
+    kernel = hrf_kernel(dt)
+    response = np.convolve(kernel, np.ones(max(1, int(round(tr / dt)))))[: len(kernel)]
+    lags = np.arange(int(len(kernel) * dt / tr) - 1)
+    values = response[np.round((lags + 0.5) * tr / dt).astype(int)]
+    keep = np.flatnonzero(values >= DECODE_WINDOW_FRACTION * values.max())
+    return int(keep[0]), int(keep[-1])
+
+
 def decode_delay_trs(tr: float, lag_trs: int) -> int:
-    """TRs before a window's end of the stimulus the decoders reconstruct: the HRF peak, within the window."""
-    return min(hrf_peak_trs(tr), int(lag_trs) - 1)
+    """TRs before a window's end of the stimulus the decoders reconstruct: the last volume of
+    :func:`hrf_window_trs`, so the window of brain TRs the decoders read ends at the target; within the
+    stimulus window."""
+    return min(hrf_window_trs(tr)[1], int(lag_trs) - 1)
+
+
+def decode_window_trs(tr: float, lag_trs: int) -> int:
+    """Brain TRs the decoders read, ending at the target: :func:`hrf_window_trs`'s volumes."""
+    first, last = hrf_window_trs(tr)
+    return max(1, min(last, int(lag_trs) - 1) - first + 1)
 
 
 def hrf_kernel(dt: float, length_s: float = 32.0) -> np.ndarray:

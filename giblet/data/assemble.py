@@ -21,7 +21,9 @@ from giblet.splits import Split
 log = logging.getLogger(__name__)
 
 # Stimulus arrays, by role, and the sidecar that describes each (text_mask shares text's sidecar).
-STIMULUS_ROLES = ("frames", "frame_features", "audio_codes", "text", "text_mask")
+STIMULUS_ROLES = ("frames", "frame_features", "audio_codes", "text", "text_mask", "frame_latents", "audio_latents")
+# The pretrained autoencoders (files, not arrays), and the latents each one made.
+AUTOENCODER_ROLES = {"frame_autoencoder": "frame_latents", "audio_autoencoder": "audio_latents"}
 
 
 def _describe(path: Path) -> dict:
@@ -67,6 +69,15 @@ def assemble_dataset(stimulus: dict[str, Path], fmri_group: Path, mask: Path, sp
         modalities["audio"] = {"n_q": arrays["audio_codes"]["shape"][1],
                                "frames_per_tr": arrays["audio_codes"]["shape"][2],
                                "codebook_size": sidecar.get("models", {}).get("encodec", {}).get("codebook_size", 1024)}
+    for role in ("frame_latents", "audio_latents"):
+        if role in arrays:
+            _, slots, dim = arrays[role]["shape"]
+            modalities[role] = {"slots": slots, "dim": dim}
+    for role, latents in AUTOENCODER_ROLES.items():
+        if (role in stimulus) != (latents in stimulus):
+            raise InputError(stimulus.get(role) or stimulus[latents], f"{role} and {latents} come together")
+        if role in stimulus:
+            arrays[role] = {"path": str(stimulus[role]), "sha256": sha256_file(stimulus[role])}
     if "text" in arrays:
         if "text_mask" not in arrays or arrays["text_mask"]["shape"] != arrays["text"]["shape"][:2]:
             raise InputError(stimulus["text"], "text and text_mask disagree in shape")

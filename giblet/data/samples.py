@@ -17,7 +17,8 @@ from giblet.data.manifest import Manifest, as_manifest
 # Manifest roles -> sample keys, and the dtype each sample tensor gets.
 ROLES = {"frames": ("frames", torch.uint8), "frame_features": ("frame_features", torch.float32),
          "audio_codes": ("codes", torch.int64),
-         "text": ("text", torch.float32), "text_mask": ("text_mask", torch.bool)}
+         "text": ("text", torch.float32), "text_mask": ("text_mask", torch.bool),
+         "frame_latents": ("frame_latents", torch.float32), "audio_latents": ("audio_latents", torch.float32)}
 
 
 class WindowDataset(torch.utils.data.Dataset):
@@ -29,13 +30,18 @@ class WindowDataset(torch.utils.data.Dataset):
     ``codes`` (lag, n_q, frames_per_tr) int64, ``text``
     (lag, k, d) float32 and ``text_mask`` (lag, k) bool.
 
+    With ``brain_window`` W > 0 an item also holds ``fmri_window`` (W, V): the brain TRs ``target - W + 1
+    .. target``, what the latent decoder reads.
+
     ``manifest``: a :class:`~giblet.data.manifest.Manifest` or the path of one.
     ``device``: None reads each sample from the memory maps (DataLoader workers can share them);
     a torch device loads every array onto it once, for data that fit in its memory.
     """
 
-    def __init__(self, manifest: str | Path | Manifest, split: str, device: str | torch.device | None = None):
+    def __init__(self, manifest: str | Path | Manifest, split: str, device: str | torch.device | None = None,
+                 brain_window: int = 0):
         self.manifest = as_manifest(manifest)
+        self.brain_window = int(brain_window)
         self.split = self.manifest.split
         if split not in self.split.ranges:
             raise KeyError(f"split '{split}' is not in the manifest (has {sorted(self.split.ranges)})")
@@ -56,6 +62,9 @@ class WindowDataset(torch.utils.data.Dataset):
         start, stop = self.split.window(target)
         item = {"target": target, "fmri": self._tensor(self.sources["fmri"][target], torch.float32),
                 "stimulus_trs": torch.arange(start, stop)}
+        if self.brain_window:
+            item["fmri_window"] = self._tensor(self.sources["fmri"][target - self.brain_window + 1:target + 1],
+                                               torch.float32)
         for role, (key, dtype) in ROLES.items():
             if role in self.sources:
                 item[key] = self._tensor(self.sources[role][start:stop], dtype)

@@ -75,6 +75,30 @@ def decoded_descriptors(decoded: dict, text_mask: np.ndarray | None = None) -> d
     return out
 
 
+# The colour grid decoded frames are scored on (rows, columns): finer than the descriptor's, so a
+# disk's place counts, coarse enough that a frame drawn a few pixels off still matches.
+FRAME_GRID = (9, 16)
+
+
+def mean_frame_grid(frames: np.ndarray, grid: tuple[int, int] = FRAME_GRID) -> np.ndarray:
+    """Each TR's mean frame as a colour grid: ``(N, F, H, W, 3)`` (uint8, or float in [0, 1]) -> ``(N, rows * cols * 3)``
+    float64 in [0, 1], each cell the mean of its pixels (``np.array_split`` bounds when H, W do not divide)."""
+    frames = np.asarray(frames)
+    mean = frames.mean(axis=1, dtype=np.float64) / (255.0 if frames.dtype == np.uint8 else 1.0)   # (N, H, W, 3)
+    rows = [band.mean(axis=1) for band in np.array_split(mean, grid[0], axis=1)]                   # (N, W, 3) each
+    cells = [[cell.mean(axis=1) for cell in np.array_split(row, grid[1], axis=1)] for row in rows]
+    return np.stack([np.stack(row, axis=1) for row in cells], axis=1).reshape(len(frames), -1)
+
+
+def frame_grid_identification(decoded: np.ndarray, true: np.ndarray, grid: tuple[int, int] = FRAME_GRID) -> dict:
+    """Which test TR do decoded frames identify? Both sides as :func:`mean_frame_grid`, each cell centred
+    over the TRs, Pearson r across cells, the true TR must rank first (ties count against): ``top1``,
+    ``top5`` and their chance levels (:func:`giblet.evaluate.metrics.identification`)."""
+    scores = identification(mean_frame_grid(decoded, grid), mean_frame_grid(true, grid))
+    return {k: scores[k] for k in ("top1", "top5", "chance_top1", "chance_top5")} | {"grid": list(grid),
+                                                                                     "n": int(len(decoded))}
+
+
 def identification_scores(predicted: dict, true: dict) -> dict:
     """{modality: identification of each valid test TR among the valid test TRs} (top-1/top-5, chance)."""
     out = {}

@@ -125,7 +125,7 @@ def scores(decoded: dict, stimulus: dict) -> dict:
 @torch.no_grad()
 def decode_metrics(model, fmri: np.ndarray, stimulus: dict, voxel_mask: np.ndarray | None,
                    batch_size: int = 32) -> dict:
-    """Decode the test brain ``fmri`` (N, V) with the ``voxel_mask`` voxels zeroed (none if None) and
+    """Decode the test brain ``fmri`` (N, V), or (N, W, V) windows for latent decoding, with the ``voxel_mask`` voxels zeroed (none if None) and
     :func:`scores` it against ``stimulus`` (the true stimulus at the decoded TR)."""
     device = next(model.parameters()).device
     mask = None if voxel_mask is None else torch.from_numpy(np.asarray(voxel_mask, bool)).to(device)
@@ -238,12 +238,12 @@ def lesion(model_path: str | Path, manifest_path: str | Path, out_json: str | Pa
         outside = np.flatnonzero(~voxels)
         size = int(voxels.sum())
         control_size = min(size, len(outside))
-        lesioned = decode_metrics(model, pred.fmri_true, pred.stimulus, voxels, batch_size)
+        lesioned = decode_metrics(model, pred.brain, pred.stimulus, voxels, batch_size)
         draws = []
         for _ in range(n_controls):
             control = np.zeros(n_voxels, bool)
             control[rng.choice(outside, control_size, replace=False)] = True
-            draws.append(decode_metrics(model, pred.fmri_true, pred.stimulus, control, batch_size))
+            draws.append(decode_metrics(model, pred.brain, pred.stimulus, control, batch_size))
         mean = {k: float(np.mean([d[k] for d in draws])) for k in intact}
         sd = {k: float(np.std([d[k] for d in draws])) for k in intact}
         change = {k: lesioned[k] - intact[k] for k in intact}

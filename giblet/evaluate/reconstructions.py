@@ -9,6 +9,7 @@ TR label and time stamp here is of that TR. Written into one folder, for the ena
 - ``decoded.wav`` those decoded codes as 24 kHz audio, decoded by the SAME EnCodec weights the codes'
   sidecar records (skipped, with a warning and a note in the result, when they cannot be rebuilt here);
 - ``text.png``    true annotation vs the 3 library annotations nearest to the decoded embedding;
+- ``decoded_test.npz`` every test row's decoded stimulus (:func:`write_decoded`), to score without the model;
 - ``fmri.png``    the encoder half: predicted vs true time courses of the 4 best voxels, and predicted vs
   true values of all reliable voxels (noise ceiling >= ``reliable_ceiling``).
 
@@ -28,6 +29,7 @@ import numpy as np
 from giblet.data.manifest import Manifest
 from giblet.errors import InputError
 from giblet.evaluate import metrics as M
+from giblet.evaluate.decoding_identification import frame_grid_identification
 from giblet.evaluate.decoding_metrics import code_metrics, frame_metrics, text_metrics, unit_rows
 from giblet.evaluate.ceiling import load_ceiling
 from giblet.evaluate.evaluate import load_checked
@@ -36,7 +38,27 @@ from giblet.files import atomic_output_dir, jsonable
 
 log = logging.getLogger(__name__)
 
-OUTPUT_NAMES = ("video.png", "audio.png", "decoded.wav", "text.png", "fmri.png")
+OUTPUT_NAMES = ("video.png", "audio.png", "decoded.wav", "text.png", "fmri.png", "decoded_test.npz")
+DECODED_NAME = "decoded_test.npz"
+
+
+def write_decoded(path: Path, stim_trs: np.ndarray, decoded: dict) -> list[str]:
+    """``decoded_test.npz``: every test row's decoded stimulus, to score without the model.
+
+    ``trs`` (N,) int64: the movie (stimulus) TR each row reconstructs; ``frames`` (N, F, H, W, 3) uint8;
+    ``codes`` (N, n_q, Fa) int16 (the most probable code of each frame); ``text`` (N, k, d) float32 (and
+    ``frame_features`` (N, F, d) float32), for the modalities the model decodes. Returns its keys.
+    """
+    arrays = {"trs": np.asarray(stim_trs, np.int64)}
+    if "frames" in decoded:
+        arrays["frames"] = np.clip(np.round(np.asarray(decoded["frames"]) * 255.0), 0, 255).astype(np.uint8)
+    if "code_logits" in decoded:
+        arrays["codes"] = np.asarray(decoded["code_logits"]).argmax(-1).astype(np.int16)
+    for key in ("text", "frame_features"):
+        if key in decoded:
+            arrays[key] = np.asarray(decoded[key], np.float32)
+    np.savez_compressed(path, **arrays)
+    return sorted(arrays)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,8 +101,10 @@ def _plot_video(frames, true, picks, stim_trs, tr: float, metrics: dict, note: s
     fig.suptitle(f"Video: frame {middle + 1} of {n_frames} per TR, true vs decoded from the true brain (test split, "
                  f"{note})\nmean pixel r {metrics['pixel_r_mean']:.3f} (the mean frame's "
                  f"{metrics['r_mean_baseline_mean_frame']:.3f}, other TRs' frames {metrics['pixel_r_other_trs']:.3f}); "
-                 f"identification "
-                 f"{metrics['identification']:.0%} (chance {metrics['identification_chance']:.0%})", fontsize=10)
+                 f"identification on pixels {metrics['identification']:.0%}, on a "
+                 f"{'x'.join(map(str, metrics['grid_identification']['grid']))} colour grid "
+                 f"{metrics['grid_identification']['top1']:.0%} (chance {metrics['identification_chance']:.0%})",
+                 fontsize=10)
     save_figure(fig, path)
 
 
@@ -331,7 +355,8 @@ def plot_reconstructions(model_path: str | Path, manifest_path: str | Path, out_
     with atomic_output_dir(out_dir) as tmp:
         if "frames" in decoded:
             metrics = {**frame_metrics(decoded["frames"], stimulus["frames"]),
-                       **frame_identification(decoded["frames"], stimulus["frames"])}
+                       **frame_identification(decoded["frames"], stimulus["frames"]),
+                       "grid_identification": frame_grid_identification(decoded["frames"], stimulus["frames"])}
             _plot_video(decoded["frames"], stimulus["frames"], picks, stim_trs, tr, metrics, note, tmp / "video.png")
             metrics.pop("per_tr_r")
             result["video"] = {**metrics, "shown_trs": [int(stim_trs[j]) for j in picks]}
@@ -374,6 +399,9 @@ def plot_reconstructions(model_path: str | Path, manifest_path: str | Path, out_
             result["text"] = {**metrics, "library": str(library_path),
                               "shown_trs": [int(stim_trs[j]) for j in text_picks]}
             result["files"].append("text.png")
+
+        result["decoded_test"] = {"file": DECODED_NAME, "keys": write_decoded(tmp / DECODED_NAME, stim_trs, decoded)}
+        result["files"].append(DECODED_NAME)
 
         ceiling, source, _ = load_ceiling(manifest)
         reliable = np.ones(manifest.n_voxels, bool) if ceiling is None else M.reliable_voxels(ceiling, reliable_ceiling)

@@ -28,7 +28,8 @@ Checks (each recorded in ``verify.json["checks"]`` as ``{"ok": true, "detail": .
     recorded, ``latest.pt`` then ``best.pt``) exists, its sha256 equals the index's, it was trained on
     the same manifest digest, and its ``model`` state is bit-for-bit the state dict of ``model.pt``
     (but for the fMRI layer ``to_fmri``, when ``model.pt["weights"]["readout"]`` says training refitted
-    it in closed form after choosing these weights: there only shapes and dtypes must match).
+    it in closed form after choosing these weights, and the latent decoder's map, when
+    ``model.pt["weights"]["decoder"]`` says it was fitted then: there only shapes and dtypes must match).
     Without an index the check is recorded as skipped (ok): only model.pt's own sha256 identifies it.
 
 Any failure raises ``InputError(model_path, "<every reason>")`` (``InputError(manifest_path, ...)``
@@ -53,6 +54,8 @@ SPLIT_ORDER = ("val", "test", "train")  # the split the forward-pass sample come
 
 # The state-dict prefix of the layer that train.readout: ridge refits after training.
 REFITTED_PREFIX = "to_fmri."
+# The latent decoder's map, fitted in closed form after training (model.pt["weights"]["decoder"]).
+DECODER_FITTED = ("latent_decoder.weight", "latent_decoder.bias", "latent_decoder.fitted")
 
 
 def _fail(out_json: Path, error: InputError) -> None:
@@ -98,7 +101,9 @@ def _check_provenance(model_path: Path, saved: dict, state_dict: dict) -> tuple[
         why = f"{index_path} lists no checkpoint for the model's weights ({how})"
         return {"ok": False, "detail": why}, why
     # train.readout: ridge refits the fMRI layer after training: the checkpoint holds the rest bit for bit.
-    refitted = {k for k in state_dict if k.startswith(REFITTED_PREFIX)} if (saved.get("weights") or {}).get("readout") else set()
+    weights = saved.get("weights") or {}
+    refitted = {k for k in state_dict if k.startswith(REFITTED_PREFIX)} if weights.get("readout") else set()
+    refitted |= set(DECODER_FITTED) if weights.get("decoder") else set()
     tried = []
     for name in names:
         path, entry = directory / name, index["files"][name]
@@ -140,7 +145,7 @@ def _forward(model, manifest: Manifest) -> dict:
     split = next((s for s in SPLIT_ORDER if s in ranges), None)
     if split is None:
         return {"ok": False, "detail": "the manifest has no split to take a sample from"}
-    dataset = WindowDataset(manifest, split)
+    dataset = WindowDataset(manifest, split, brain_window=model.decode_window if model.latent_decoding else 0)
     if len(dataset) == 0:
         return {"ok": False, "detail": f"split {split!r} has no samples"}
     batch = collate(dataset, [0], "cpu")
@@ -154,7 +159,7 @@ def _forward(model, manifest: Manifest) -> dict:
         return {**record, "ok": False,
                 "detail": f"fMRI prediction shape {shapes['fmri']} != [1, {manifest.n_voxels}]"}
     expected = {"frames": "frames", "frame_features": "frame_features", "audio": "code_logits", "text": "text"}
-    absent = [expected[m] for m in manifest.modalities if expected[m] not in out]
+    absent = [expected[m] for m in manifest.modalities if m in expected and expected[m] not in out]
     if absent:
         return {**record, "ok": False, "detail": f"no decoder output for {', '.join(absent)}"}
     if bad:

@@ -7,9 +7,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from giblet.model.decoders import Bottleneck, CodeHead, FrameHead, TextHead
+from giblet.model.latent_decoder import LatentDecoder
 from giblet.model.encoders import (CausalTemporal, CodeEncoder, FrameEncoder, FrameFeatureEncoder, HemodynamicFilters,
                                    ModalityFeatures, TextEncoder)
-from giblet.timing import decode_delay_trs
+from giblet.timing import decode_delay_trs, decode_window_trs
 
 # Widths/depths. ``tiny`` trains on CPU in CI (~1 M parameters excluding the V-sized layers).
 # Every preset concatenates the modalities' features, gives each modality a residual MLP
@@ -58,12 +59,13 @@ class BrainAutoencoder(nn.Module):
                  temporal_depth: int, kernel_size: int, hidden: int, frame_head_channels: int, frame_head_up: int,
                  code_rank: int, dropout: float, fusion: str = "sum", temporal: str = "conv",
                  hrf_filters: int = 2, tr: float = 1.5, modality_hidden: int = 0, interactions: int = 0,
-                 fmri_rank: int = 0):
+                 fmri_rank: int = 0, renderers: dict | None = None, decode_window_trs: int = 1,
+                 decoder_components: int = 256):
         super().__init__()
-        unknown = set(modalities) - {"frames", "frame_features", "audio", "text"}
+        unknown = set(modalities) - {"frames", "frame_features", "audio", "text", "frame_latents", "audio_latents"}
         if unknown or not modalities:
-            raise ValueError("modalities must be a non-empty subset of frames/frame_features/audio/text, "
-                             f"got {sorted(modalities)}")
+            raise ValueError("modalities must be a non-empty subset of frames/frame_features/audio/text/"
+                             f"frame_latents/audio_latents, got {sorted(modalities)}")
         self._config = {"modalities": {k: dict(v) for k, v in modalities.items()}, "n_voxels": int(n_voxels),
                         "lag_trs": int(lag_trs), "preset": preset, "decode_delay_trs": int(decode_delay_trs), "gradient_checkpointing": bool(gradient_checkpointing),
                         "dim": dim, "frame_channels": list(frame_channels), "frame_stem": frame_stem,
@@ -73,7 +75,8 @@ class BrainAutoencoder(nn.Module):
                         "code_rank": code_rank, "dropout": float(dropout), "fusion": fusion,
                         "temporal": temporal, "hrf_filters": int(hrf_filters), "tr": float(tr),
                         "modality_hidden": int(modality_hidden), "interactions": int(interactions),
-                        "fmri_rank": int(fmri_rank)}
+                        "fmri_rank": int(fmri_rank), "renderers": {k: dict(v) for k, v in (renderers or {}).items()},
+                        "decode_window_trs": int(decode_window_trs), "decoder_components": int(decoder_components)}
         self.modalities, self.n_voxels, self.lag = self._config["modalities"], int(n_voxels), int(lag_trs)
         if not 0 <= decode_delay_trs < self.lag:
             raise ValueError(f"decode_delay_trs={decode_delay_trs} must be in [0, lag_trs={self.lag})")
@@ -83,7 +86,14 @@ class BrainAutoencoder(nn.Module):
         self.decode_index = -1 - int(decode_delay_trs)
         self.gradient_checkpointing = bool(gradient_checkpointing)
         self.encoders, self.heads = nn.ModuleDict(), nn.ModuleDict()
-        if "frames" in modalities:
+        # With pretrained latents (frame_latents, audio_latents) the encoders read them instead of the
+        # pixels and codes, and the decoders are the closed-form LatentDecoder, not heads learned from
+        # the brain: the stimulus spaces come from the whole movie, the brain fits only the maps.
+        self.latent_decoding = any(k in modalities for k in ("frame_latents", "audio_latents"))
+        for name in ("frame_latents", "audio_latents"):
+            if name in modalities:
+                self.encoders[name] = FrameFeatureEncoder(modalities[name]["dim"], dim)
+        if "frames" in modalities and "frame_latents" not in modalities:
             m = modalities["frames"]
             self.encoders["frames"] = FrameEncoder(frame_channels, dim, frame_stem)
             self.heads["frames"] = FrameHead(hidden, m["frames_per_tr"], m["height"], m["width"],
@@ -92,7 +102,7 @@ class BrainAutoencoder(nn.Module):
             m = modalities["frame_features"]
             self.encoders["frame_features"] = FrameFeatureEncoder(m["dim"], dim)
             self.heads["frame_features"] = TextHead(hidden, m["frames_per_tr"], m["dim"])
-        if "audio" in modalities:
+        if "audio" in modalities and "audio_latents" not in modalities:
             m = modalities["audio"]
             self.encoders["audio"] = CodeEncoder(m["n_q"], m["codebook_size"], dim, depth=code_depth)
             self.heads["audio"] = CodeHead(hidden, m["n_q"], m["frames_per_tr"], m["codebook_size"], code_rank)
@@ -100,6 +110,18 @@ class BrainAutoencoder(nn.Module):
             m = modalities["text"]
             self.encoders["text"] = TextEncoder(m["dim"], dim)
             self.heads["text"] = TextHead(hidden, m["k"], m["dim"])
+        self.decode_window = int(decode_window_trs) if self.latent_decoding else 1
+        if self.latent_decoding:
+            self.heads = nn.ModuleDict()
+            targets = {name: (modalities[name]["slots"], modalities[name]["dim"])
+                       for name in ("frame_latents", "audio_latents") if name in modalities}
+            targets.update({name: (modalities[name][slots], modalities[name]["dim"])
+                            for name, slots in (("text", "k"), ("frame_features", "frames_per_tr")) if name in modalities})
+            frames = modalities.get("frames")
+            self.latent_decoder = LatentDecoder(
+                n_voxels, self.decode_window, decoder_components, targets, renderers or {},
+                frames_shape=(frames["height"], frames["width"]) if frames else None,
+                code_frames=modalities["audio"]["frames_per_tr"] if "audio" in modalities else None)
         # Each modality's features are standardized over the batch before they are summed: a stimulus
         # embedding is mostly a constant (the background, the average code) with a small per-TR part,
         # and only the per-TR part predicts the brain (without this the encoders' output barely varied
@@ -144,12 +166,15 @@ class BrainAutoencoder(nn.Module):
             self.register_buffer("fmri_basis", torch.zeros(self.fmri_rank, self.n_voxels))
             self.register_buffer("fmri_mean", torch.zeros(self.n_voxels))
             self.to_fmri.requires_grad_(False)
-        self.bottleneck = Bottleneck(self.n_voxels, hidden, dropout)
+        self.bottleneck = None if self.latent_decoding else Bottleneck(self.n_voxels, hidden, dropout)
 
     # -- construction -------------------------------------------------------------------------------------
     @classmethod
     def from_manifest(cls, manifest: dict, preset: str = "tiny", gradient_checkpointing: bool = False,
                       dropout: float | None = None, **overrides) -> "BrainAutoencoder":
+        """The model for ``manifest``'s data (a :class:`~giblet.data.manifest.Manifest`'s dict); with
+        pretrained latents, ``renderers`` ({kind: autoencoder config}) and the brain window
+        (:func:`giblet.timing.decode_window_trs`) come in as ``overrides`` or from the timing."""
         if preset not in MODEL_PRESETS:
             raise ValueError(f"unknown model preset '{preset}' (have {sorted(MODEL_PRESETS)})")
         params = {**MODEL_PRESETS[preset], **overrides}
@@ -157,6 +182,8 @@ class BrainAutoencoder(nn.Module):
             params["dropout"] = dropout
         delay = decode_delay_trs(manifest["tr"], manifest["lag_trs"]) if "tr" in manifest else 0
         params.setdefault("decode_delay_trs", delay)
+        if "tr" in manifest:
+            params.setdefault("decode_window_trs", decode_window_trs(manifest["tr"], manifest["lag_trs"]))
         params.setdefault("tr", float(manifest.get("tr", 1.5)))
         return cls(manifest["modalities"], manifest["n_voxels"], manifest["lag_trs"], preset=preset,
                    gradient_checkpointing=gradient_checkpointing, **params)
@@ -192,8 +219,8 @@ class BrainAutoencoder(nn.Module):
             first.scatter_(0, inverse, torch.arange(len(inverse), device=inverse.device))
         parts = []
         for name, encoder in self.encoders.items():  # each appends (rows, dim)
-            keys = {"frames": ("frames",), "frame_features": ("frame_features",),
-                    "audio": ("codes",)}.get(name, ("text", "text_mask"))
+            keys = {"frames": ("frames",), "frame_features": ("frame_features",), "audio": ("codes",),
+                    "frame_latents": ("frame_latents",), "audio_latents": ("audio_latents",)}.get(name, ("text", "text_mask"))
             b, lag = batch[keys[0]].shape[:2]
             inputs = [batch[k].reshape(b * lag, *batch[k].shape[2:]) for k in keys]
             if first is not None:
@@ -213,9 +240,18 @@ class BrainAutoencoder(nn.Module):
                 if k in batch}
 
     def decode(self, fmri: torch.Tensor) -> dict:
-        """Brain ``(B, V)`` -> the stimulus at the window's ``decode_index`` (see :meth:`decoded_stimulus`): ``frames`` (B, F, H, W, 3) in [0, 1],
-        ``frame_features`` (B, F, d), ``code_logits`` (B, n_q, Fa, codebook_size), ``text`` (B, k, d) (enabled
-        modalities only)."""
+        """Brain -> the stimulus at the window's ``decode_index`` (see :meth:`decoded_stimulus`): ``frames`` (B, F, H, W, 3)
+        in [0, 1], ``frame_features`` (B, F, d), ``code_logits`` (B, n_q, Fa, codebook_size), ``text`` (B, k, d)
+        (enabled modalities only).
+
+        ``fmri``: the brain at the target ``(B, V)``, or with latent decoding the window of
+        ``decode_window`` TRs ending at the target ``(B, decode_window, V)`` (a ``(B, V)`` is a window of 1).
+        """
+        if self.latent_decoding:
+            window = fmri if fmri.dim() == 3 else fmri.unsqueeze(1)
+            if window.shape[1] != self.decode_window:
+                raise ValueError(f"the decoder reads {self.decode_window} brain TRs, got {window.shape[1]}")
+            return self.latent_decoder(window)
         h = self.bottleneck(fmri)
         out = {}
         if "frames" in self.heads:
@@ -227,6 +263,10 @@ class BrainAutoencoder(nn.Module):
         if "text" in self.heads:
             out["text"] = self.heads["text"](h)
         return out
+
+    def decoder_input(self, batch: dict) -> torch.Tensor:
+        """What :meth:`decode` reads from a batch: ``fmri_window`` with latent decoding, else ``fmri``."""
+        return batch["fmri_window"] if self.latent_decoding else batch["fmri"]
 
     @torch.no_grad()
     def compose_fmri_layer(self) -> None:
@@ -246,17 +286,24 @@ class BrainAutoencoder(nn.Module):
         else:
             fmri = self.encode(batch)
         out = {"fmri": fmri}
-        if "fmri" in batch:
+        if self.latent_decoding:  # fitted in closed form after training: no decoder loss
+            if "fmri_window" in batch and bool(self.latent_decoder.fitted):
+                out.update(self.decode(batch["fmri_window"]))
+        elif "fmri" in batch:
             out.update(self.decode(batch["fmri"]))
         return out
 
     def lesion(self, fmri: torch.Tensor, voxel_mask: torch.Tensor) -> dict:
-        """Decode with the voxels where ``voxel_mask`` (V,) or (B, V) is True set to zero."""
-        return self.decode(fmri.masked_fill(voxel_mask.to(device=fmri.device, dtype=torch.bool), 0.0))
+        """Decode with the voxels where ``voxel_mask`` (V,) or (B, V) is True set to zero (in every TR of a window)."""
+        mask = voxel_mask.to(device=fmri.device, dtype=torch.bool)
+        if fmri.dim() == 3 and mask.dim() == 2:
+            mask = mask[:, None]
+        return self.decode(fmri.masked_fill(mask, 0.0))
 
     def n_parameters(self, exclude_voxel_layers: bool = False) -> int:
         """Parameter count, optionally without the two V-sized layers (fMRI layer and bottleneck linear)."""
-        skip = {id(p) for p in (*self.to_fmri.parameters(), *self.bottleneck.linear.parameters())}
+        voxel_layers = [self.to_fmri] + ([self.bottleneck.linear] if self.bottleneck is not None else [])
+        skip = {id(p) for layer in voxel_layers for p in layer.parameters()}
         return sum(p.numel() for p in self.parameters() if not (exclude_voxel_layers and id(p) in skip))
 
 

@@ -31,11 +31,30 @@ def principal_components(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
 
 
 def fix_principal_components(model, fmri_rows: np.ndarray) -> dict:
-    """One PCA of the training block's brain ``fmri_rows`` (n, V) for both fixed places (module docstring)."""
-    pca = principal_components(fmri_rows, max(model.bottleneck.linear.out_features, model.fmri_rank))
+    """One PCA of the training block's brain ``fmri_rows`` (n, V) for every fixed place (module docstring);
+    with latent decoding, the decoder's basis instead of the bottleneck's."""
+    decoder = model.latent_decoder if model.latent_decoding else None
+    width = decoder.n_components if decoder is not None else model.bottleneck.linear.out_features
+    pca = principal_components(fmri_rows, max(width, model.fmri_rank))
     if model.fmri_rank:
         fix_fmri_basis(model, pca)
+    if decoder is not None:
+        return fix_decoder_basis(decoder, fmri_rows, pca)
     return fix_bottleneck_to_pca(model, fmri_rows, pca)
+
+
+@torch.no_grad()
+def fix_decoder_basis(decoder, fmri_rows: np.ndarray, pca: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict:
+    """Set the latent decoder's ``basis`` to the first ``n_components`` unit-norm components of ``pca``
+    (zero beyond ``n - 1``) and ``brain_mean`` to its mean. Returns a summary."""
+    mean, components, sd = pca
+    components, sd = components[:decoder.n_components], sd[:decoder.n_components]
+    basis = np.zeros(tuple(decoder.basis.shape))
+    basis[:len(components)] = components
+    decoder.basis.copy_(torch.from_numpy(basis))
+    decoder.brain_mean.copy_(torch.from_numpy(mean))
+    total = float(np.square(np.asarray(fmri_rows, np.float64) - mean).sum()) / len(fmri_rows)
+    return {"n_components": len(components), "explained": float(np.square(sd).sum() / total) if total else 0.0}
 
 
 @torch.no_grad()

@@ -42,6 +42,7 @@ from giblet.train.checkpoint import CheckpointManager, load_checkpoint
 from giblet.train.monitor import Monitor
 from giblet.train.optim import lr_factor, make_optimizer
 from giblet.train.params import learning_params
+from giblet.train.latent_decoder import fit_latent_decoder, install_renderers, renderer_configs
 from giblet.train.readout import fit_ridge_readout
 from giblet.train.sampler import ResumableSampler
 from giblet.train.stop_flag import StopFlag
@@ -80,12 +81,12 @@ def default_params(params: dict) -> dict:
     return load_config(None, [f"train={json.dumps(params)}"])["train"]
 
 
-def config_hash(params: dict, manifest_sha256: str, model_config: dict) -> str:
+def config_hash(params: dict, manifest_sha256: str, model_config: dict, stage: str = "train") -> str:
     """What a checkpoint must match to be resumed: the learning parameters, the data, the model's full
     configuration and the training code (the train rule's ``code`` param: the train stage and every
     module it reaches): a code change that alters the model, its initialization or the loop must not
     silently continue from weights trained by other code."""
-    blob = json.dumps([learning_params(params), manifest_sha256, model_config, stage_code_hash("train")],
+    blob = json.dumps([learning_params(params), manifest_sha256, model_config, stage_code_hash(stage)],
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -109,7 +110,7 @@ class Trainer:
     """One training run into ``out_dir`` (checkpoints/, history.jsonl, tensorboard/, model.pt)."""
 
     def __init__(self, manifest_path: str | Path, out_dir: str | Path, params: dict, progress: bool = True):
-        self.params = default_params(params)
+        self.params = self._default_params(params)
         self.out, self.progress = Path(out_dir), progress
         self.rank, self.world_size, local_rank = dist.world()
         device = resolve_device(self.params["device"], "train.device")
@@ -118,40 +119,29 @@ class Trainer:
             torch.cuda.set_device(local_rank)
         dist.setup(device)
         self.manifest_path = Path(manifest_path)
-        self.manifest = read_manifest(self.manifest_path)
-        self.manifest_sha256 = sha256_file(self.manifest_path)
         p = self.params
         torch.manual_seed(p["seed"])  # identical initial weights on every rank
-        self.model = BrainAutoencoder.from_manifest(self.manifest.to_dict(), p["preset"], dropout=p["dropout"],
-                                                    gradient_checkpointing=p["gradient_checkpointing"])
-        fmri = np.load(self.manifest.arrays["fmri"].path, mmap_mode="r")
-        train_targets = list(self.manifest.split.targets("train"))
-        pca = fix_principal_components(self.model, np.asarray(fmri[train_targets]))
-        log.info("decoder bottleneck: the training block's first %d principal components (%.0f%% of its "
-                 "variance), fixed", pca["n_components"], 100 * pca["explained"])
+        self.model = self._build_model()
         self.model.to(self.device)
         self.ddp = self.model
         if self.world_size > 1:
-            # The fixed principal-component basis is computed identically on every rank; DDP would
-            # otherwise broadcast it (fmri_rank x V floats) before every forward.
+            # Fixed buffers computed identically on every rank (e.g. the brain's principal-component
+            # basis): DDP would otherwise broadcast them before every forward.
             torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-                self.model, [n for n in ("fmri_basis", "fmri_mean") if hasattr(self.model, n)])
+                self.model, self._ddp_ignored())
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[local_rank] if device == "cuda" else None)
         seed = p["seed"] + 1000 * (self.rank + 1)  # distinct dropout masks per rank
         random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
-        hold = self.device if p["hold_on_device"] else None
-        self.train_set = WindowDataset(self.manifest, "train", device=hold)
-        self.val_set = WindowDataset(self.manifest, "val", device=hold) if "val" in self.manifest.split.ranges else None
-        self.reliable = reliable_voxel_mask(self.manifest).to(self.device)
+        self.train_set, self.val_set = self._datasets(self.device if p["hold_on_device"] else None)
         self.sampler = ResumableSampler(len(self.train_set), p["batch_size"], self.rank, self.world_size, p["seed"],
-                                        contiguous=p["batch_order"] == "consecutive")
+                                        contiguous=p.get("batch_order") == "consecutive")
         self.steps_per_epoch = math.ceil(len(self.sampler) / p["grad_accum"])
         total = p["epochs"] * self.steps_per_epoch
         self.optimizer = make_optimizer(p["optimizer"], self.model.parameters(), p["lr"], p["weight_decay"])
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, p["warmup_steps"], total))
-        self.config_hash = config_hash(p, self.manifest_sha256, self.model.config())
+        self.config_hash = config_hash(p, self.manifest_sha256, self._model_config(), self.STAGE)
         ck = p["checkpoint"]
         self.checkpoints = CheckpointManager(self.out / "checkpoints", self.config_hash, keep_rolling=ck["keep_rolling"],
                                              every_steps=ck["every_steps"], every_minutes=ck["every_minutes"],
@@ -160,6 +150,51 @@ class Trainer:
         self.history: list[dict] = []
         self.early = {"best": math.inf, "bad_epochs": 0, "stopped": False}
         self._resume()
+
+    # -- the task: what a subclass (giblet.pretrain) replaces --------------------------------------
+
+    STAGE = "train"  # the rule whose code hash a checkpoint must match
+
+    def _default_params(self, params: dict) -> dict:
+        return default_params(params)
+
+    def _build_model(self) -> torch.nn.Module:
+        """The brain autoencoder from the manifest, with its fixed principal-component bases."""
+        p = self.params
+        self.manifest = read_manifest(self.manifest_path)
+        self.manifest_sha256 = sha256_file(self.manifest_path)
+        model = BrainAutoencoder.from_manifest(self.manifest.to_dict(), p["preset"], dropout=p["dropout"],
+                                               gradient_checkpointing=p["gradient_checkpointing"],
+                                               renderers=renderer_configs(self.manifest))
+        if model.latent_decoding:
+            install_renderers(model, self.manifest)
+        fmri = np.load(self.manifest.arrays["fmri"].path, mmap_mode="r")
+        train_targets = list(self.manifest.split.targets("train"))
+        pca = fix_principal_components(model, np.asarray(fmri[train_targets]))
+        log.info("brain bottleneck: the training block's first %d principal components (%.0f%% of its "
+                 "variance), fixed", pca["n_components"], 100 * pca["explained"])
+        return model
+
+    def _model_config(self) -> dict:
+        return self.model.config()
+
+    def _ddp_ignored(self) -> list[str]:
+        return [n for n in ("fmri_basis", "fmri_mean") if hasattr(self.model, n)]
+
+    def _datasets(self, hold):
+        train_set = WindowDataset(self.manifest, "train", device=hold)
+        val_set = WindowDataset(self.manifest, "val", device=hold) if "val" in self.manifest.split.ranges else None
+        self.reliable = reliable_voxel_mask(self.manifest).to(self.device)
+        return train_set, val_set
+
+    def _collate(self, dataset, indices) -> dict:
+        return collate(dataset, indices, self.device)
+
+    def _losses(self, batch: dict, model: torch.nn.Module) -> dict:
+        return losses(model(batch), batch, self.params["loss_weights"], self.model.decode_index)
+
+    def _before_save(self) -> None:
+        self.model.compose_fmri_layer()
 
     # -- checkpoints -----------------------------------------------------------------------------
 
@@ -182,7 +217,7 @@ class Trainer:
 
     def save(self, end_of_epoch: bool = False, val_loss: float | None = None) -> None:
         rank_states = dist.gather_objects(rng_state())
-        self.model.compose_fmri_layer()
+        self._before_save()
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "cursor": self.cursor, "history": self.history,
                  "early_stopping": dict(self.early), "rank_states": rank_states, "world_size": self.world_size,
@@ -211,10 +246,10 @@ class Trainer:
             group_start = b - b % p["grad_accum"]
             group = min(p["grad_accum"], n_batches - group_start)
             last = b + 1 == group_start + group
-            batch = collate(self.train_set, indices, self.device)
+            batch = self._collate(self.train_set, indices)
             sync = contextlib.nullcontext() if last or self.world_size == 1 else self.ddp.no_sync()
             with sync, self._autocast():
-                parts = losses(self.ddp(batch), batch, p["loss_weights"], self.model.decode_index)
+                parts = self._losses(batch, self.ddp)
                 (parts["total"] / group).backward()
             values = torch.stack([parts[k].detach().float() for k in sorted(parts)]) / group
             sums = values if sums is None else sums + values
@@ -294,6 +329,8 @@ class Trainer:
     @torch.no_grad()
     def reconstruct_first_val_sample(self) -> tuple[dict, dict]:
         """The first validation sample and the stimulus decoded from its true brain (for monitoring)."""
+        if self.model.latent_decoding:  # its decoder is fitted after training
+            return None, None
         self.model.eval()
         batch = collate(self.val_set, [0], self.device)
         decoded = self.model.decode(batch["fmri"])
@@ -353,9 +390,9 @@ class Trainer:
             state = load_checkpoint(best)
             if state["history"][-1].get(SELECTION_KEY) == self.early["best"]:  # saved right after that validation
                 return state["model"], {"weights": "best", "step": state["step"], "epoch": state["epoch"]}
-            log.warning("%s does not hold the best validation score %.6g: model.pt gets the final weights",
+            log.warning("%s does not hold the best validation score %.6g: the final weights are used",
                         best, self.early["best"])
-        self.model.compose_fmri_layer()
+        self._before_save()
         final = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         return final, {"weights": "final", "step": self.step, "epoch": self.epoch}
 
@@ -368,6 +405,10 @@ class Trainer:
             blocks = {"train": self.train_set, **({"val": self.val_set} if self.val_set is not None else {})}
             chosen["readout"] = fit_ridge_readout(self.model, blocks, collate, self.device, self.model.lag,
                                                   self.params["batch_size"])
+            weights = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        if self.model.latent_decoding:
+            self.model.load_state_dict(weights)
+            chosen["decoder"] = fit_latent_decoder(self.model, self.manifest)
             weights = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         fmri_info = self.manifest.arrays.get("fmri_info")
         write_model_file(

@@ -1,0 +1,21 @@
+"""The pretrained stimulus autoencoders by kind: what ``autoencoder.pt`` files and the brain model build."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from giblet.model.code_autoencoder import CodeAutoencoder, CodeAutoencoderConfig
+from giblet.model.frame_autoencoder import FrameAutoencoder, FrameAutoencoderConfig
+
+KINDS = {"frames": (FrameAutoencoder, FrameAutoencoderConfig), "audio": (CodeAutoencoder, CodeAutoencoderConfig)}
+
+
+def build_autoencoder(kind: str, config: dict) -> nn.Module:
+    """A fresh autoencoder of ``kind`` (``frames`` or ``audio``) from its config dict."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown stimulus autoencoder kind {kind!r} (have {sorted(KINDS)})")
+    model_class, config_class = KINDS[kind]
+    return model_class(config_class(**config))
+
+
+__all__ = ["KINDS", "build_autoencoder"]

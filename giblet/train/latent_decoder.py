@@ -1,0 +1,93 @@
+"""The brain model's decoders fitted in closed form: ridge from a window of brain TRs to the stimulus latents.
+
+After training, :func:`fit_latent_decoder` fits :class:`~giblet.model.latent_decoder.LatentDecoder`'s
+linear map on the training and validation targets: inputs are the ``decode_window`` brain TRs ending
+at each target, on the training block's principal components; outputs are the latents of the
+stimulus TR the decoders reconstruct (``decode_index``) and the text (frame) CLIP embeddings. One
+penalty per output by time-blocked CV (:func:`giblet.train.readout.ridge_weights`). Predictions
+shrink towards the mean, and the frozen renderers draw a shrunken latent as the average picture,
+so every rendered latent is rescaled to the mean and spread it has on the fitted rows (as
+brain-diffuser does before rendering). :func:`install_renderers` copies the pretrained decoders'
+weights in.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from giblet.data.manifest import Manifest
+from giblet.model.latent_decoder import RENDERED
+from giblet.model.stimulus_autoencoder_file import load_autoencoder
+from giblet.train.readout import ridge_weights
+
+log = logging.getLogger(__name__)
+
+# The brain's principal components carry its whole variance (thousands per component): the penalties
+# reach well beyond the readout's.
+ALPHAS = np.logspace(-1, 7, 17)
+# Manifest role of each pretrained kind's autoencoder file.
+AUTOENCODER_ROLES = {"frames": "frame_autoencoder", "audio": "audio_autoencoder"}
+
+
+def renderer_configs(manifest: Manifest) -> dict:
+    """{kind: the autoencoder's config dict} for every pretrained autoencoder the manifest lists."""
+    return {kind: load_autoencoder(manifest.arrays[role].path, kind)[1]["config"]
+            for kind, role in AUTOENCODER_ROLES.items() if role in manifest.arrays}
+
+
+@torch.no_grad()
+def install_renderers(model, manifest: Manifest) -> None:
+    """Copy the pretrained autoencoders' weights into ``model.latent_decoder.renderers``."""
+    for kind, renderer in model.latent_decoder.renderers.items():
+        autoencoder, _ = load_autoencoder(manifest.arrays[AUTOENCODER_ROLES[kind]].path, kind)
+        renderer.load_state_dict(autoencoder.state_dict())
+
+
+def brain_windows(fmri: np.ndarray, targets: np.ndarray, window: int) -> np.ndarray:
+    """The ``window`` brain TRs ending at each target: ``(len(targets), window, V)`` float32."""
+    offsets = np.arange(1 - window, 1)
+    return np.asarray(fmri[(np.asarray(targets)[:, None] + offsets).ravel()], np.float32).reshape(
+        len(targets), window, -1)
+
+
+def decoded_targets(manifest: Manifest, names, stimulus_trs: np.ndarray) -> dict[str, np.ndarray]:
+    """The true value of every decoded target at ``stimulus_trs``: {name: (n, *shape) float32}."""
+    return {name: np.asarray(np.load(manifest.arrays[name].path, mmap_mode="r")[stimulus_trs], np.float32)
+            for name in names}
+
+
+@torch.no_grad()
+def fit_latent_decoder(model, manifest: Manifest, blocks=("train", "val"), n_folds: int = 5) -> dict:
+    """Fit ``model.latent_decoder`` on the targets of ``blocks``; returns what was fitted (for ``model.pt``)."""
+    decoder, split = model.latent_decoder, manifest.split
+    targets = np.concatenate([np.asarray(split.targets(b)) for b in blocks if b in split.ranges])
+    fmri = np.load(manifest.arrays["fmri"].path, mmap_mode="r")
+    brain = torch.from_numpy(brain_windows(fmri, targets, decoder.window))
+    X = decoder.components(brain.to(decoder.basis.device)).cpu().numpy().astype(np.float64)
+    delay = -1 - model.decode_index
+    stimulus_trs = np.array([split.window(int(t))[1] - 1 - delay for t in targets])
+    truth = decoded_targets(manifest, decoder.targets, stimulus_trs)
+    Y = np.concatenate([truth[name].reshape(len(targets), -1) for name in decoder.targets], axis=1)
+    weight, bias, alphas = ridge_weights(X, Y, targets, split.lag_trs, alphas=ALPHAS, n_folds=n_folds)
+    weight, bias = weight.astype(np.float64), bias.astype(np.float64)
+    start, rescaled = 0, []
+    for name, shape in decoder.targets.items():
+        stop = start + int(np.prod(shape))
+        if name in RENDERED:
+            predicted = X @ weight[start:stop].T + bias[start:stop]
+            scale = Y[:, start:stop].std(axis=0) / np.maximum(predicted.std(axis=0), 1e-8)
+            weight[start:stop] *= scale[:, None]
+            bias[start:stop] = (bias[start:stop] - predicted.mean(axis=0)) * scale + Y[:, start:stop].mean(axis=0)
+            rescaled.append(name)
+        start = stop
+    decoder.weight.copy_(torch.from_numpy(weight).float())
+    decoder.bias.copy_(torch.from_numpy(bias).float())
+    decoder.fitted.fill_(True)
+    log.info("latent decoder: ridge from %d brain TRs x %d components to %s on %d targets (%s), median alpha %.3g",
+             decoder.window, decoder.n_components, ", ".join(f"{n} {s}" for n, s in decoder.targets.items()),
+             len(targets), "+".join(blocks), float(np.median(alphas)))
+    return {"blocks": list(blocks), "n_targets": int(len(targets)), "window_trs": decoder.window,
+            "n_components": decoder.n_components, "median_alpha": float(np.median(alphas)), "rescaled": rescaled}
