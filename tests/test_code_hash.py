@@ -52,8 +52,12 @@ CASES = {
     # Training code reruns training, and nothing that only reads model.pt.
     "train/loop.py": ({"train"}, {"verify_checkpoint", "evaluate", "examine_weights", "plot_reconstructions",
                                   "lesion", "baseline_ridge", "assemble_dataset"}),
-    # Imported only inside a function (torchrun's entry point, started as `python -m giblet.train`).
-    "train/__main__.py": ({"train"}, {"evaluate"}),
+    # The agent every multi-GPU training starts (imported only inside functions by the launchers).
+    "train/torchrun.py": ({"train", "pretrain_frames", "pretrain_audio"}, {"evaluate"}),
+    # The brain model never reruns the stimulus pretraining; the autoencoders rerun it and training.
+    "model/autoencoder.py": ({"train", "evaluate"}, {"pretrain_frames", "pretrain_audio", "extract_frames"}),
+    "autoencoders/frames.py": ({"pretrain_frames", "pretrain_audio", "train"}, {"extract_frames", "baseline_ridge"}),
+    "train/engine.py": ({"train", "pretrain_frames"}, {"evaluate", "baseline_ridge"}),
     "model/encoders.py": ({"train", "evaluate", "verify_checkpoint", "lesion", "plot_reconstructions"},
                           {"baseline_ridge", "assemble_dataset", "fmri_mask"}),
 }

@@ -122,10 +122,10 @@ def test_multinode_command_is_srun_of_one_torchrun_agent_per_node():
     srun, agent = command[:command.index("-m")], command[command.index("-m"):]
     assert srun[0] == "srun" and {"--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--cpus-per-task=64",
                                   "--gres=gpu:8", "--overlap"} <= set(srun)
-    assert agent[:2] == ["-m", "giblet.train.launch"]
+    assert agent[:2] == ["-m", "giblet.train.torchrun"]
     assert {"--nnodes=2", "--nproc-per-node=8", "--rdzv-backend=c10d", "--rdzv-endpoint=gpu09:30111",
             "--rdzv-id=4711"} <= set(agent)
-    assert agent[-6:-3] == ["-m", "giblet.train", "m.json"] and json.loads(agent[-1])["nodes"] == 2
+    assert agent[-6:-3] == ["-m", "giblet.train.loop", "m.json"] and json.loads(agent[-1])["nodes"] == 2
     cpu = multinode_command("m.json", "out", {"gpus": 0}, 2, 0, allocation, 30111)
     assert "--nproc-per-node=1" in cpu and not any(arg.startswith("--gres") for arg in cpu)
 

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from giblet.config import load_config
-from giblet.model.code_autoencoder import (CodeAutoencoder, CodeAutoencoderConfig, chunk_codes, code_autoencoder_loss,
+from giblet.autoencoders.codes import (CodeAutoencoder, CodeAutoencoderConfig, chunk_codes, code_autoencoder_loss,
                                            rare_code_weights)
-from giblet.model.frame_autoencoder import FrameAutoencoder, FrameAutoencoderConfig, foreground_weighted_mse
-from giblet.model.stimulus_autoencoder_file import load_autoencoder
+from giblet.autoencoders.frames import FrameAutoencoder, FrameAutoencoderConfig, foreground_weighted_mse
+from giblet.autoencoders.file import load_autoencoder
 from giblet.pretrain.data import code_chunk_sets, validation_trs
 from giblet.pretrain.trainer import pretrain_params
 
@@ -75,10 +75,11 @@ def test_chunks_cut_every_tr_in_time_order_and_hold_out_whole_blocks():
     assert chunks.shape == (40, 2, 2, 3)
     assert torch.equal(chunks[7, 1, 0], torch.from_numpy(codes[7, 0, 3:6]))
     train, val = code_chunk_sets(codes, 3)
-    held = validation_trs(np.arange(40))
-    assert held.sum() == 0 or len(val) == held.sum()
-    assert len(train) + len(val) == 40
-    assert list(np.flatnonzero(validation_trs(np.arange(400)))[:2]) == [180, 181]   # block 9 of every 10
+    held = validation_trs(np.arange(40), 40)
+    assert held.sum() == len(val) == 4 and len(train) == 36                         # TRs 9, 19, 29, 39
+    assert torch.equal(val.tensors["chunks"][0], chunks[9])
+    assert list(np.flatnonzero(validation_trs(np.arange(400), 400))[:3]) == [72, 73, 74]   # blocks of 8
+    assert list(np.flatnonzero(validation_trs(np.arange(5000), 5000))[:2]) == [180, 181]   # at most 20
 
 
 def test_frame_autoencoder_shapes_and_range():
@@ -141,7 +142,7 @@ def test_pretraining_resumes_bitwise_after_sigkill_and_writes_latents(kind, stim
     latents = np.load(tmp_path / "broken" / "latents.npy")
     with torch.no_grad():
         if kind == "frames":
-            from giblet.model.frame_autoencoder import resize_frames
+            from giblet.autoencoders.frames import resize_frames
 
             x = resize_frames(torch.from_numpy(source[3]), FRAMES["height"], FRAMES["width"])
             expected = b.encode(x).numpy()

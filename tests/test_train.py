@@ -47,10 +47,10 @@ def run_training(manifest: Path, out: Path, params=PARAMS, fault_at_step=None, n
         args += ["--fault-at-step", str(fault_at_step)]
     if nproc > 1:
         # giblet's torchrun agent, as launch() starts it for train.gpus > 1
-        command = [sys.executable, "-m", "giblet.train.launch", "--standalone", f"--nproc-per-node={nproc}",
-                   "-m", "giblet.train", *args]
+        command = [sys.executable, "-m", "giblet.train.torchrun", "--standalone", f"--nproc-per-node={nproc}",
+                   "-m", "giblet.train.loop", *args]
     else:
-        command = [sys.executable, "-m", "giblet.train", *args]
+        command = [sys.executable, "-m", "giblet.train.loop", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -169,7 +169,7 @@ def test_sigterm_saves_exits_75_and_resumes(bundle, tmp_path):
     # it always lands after step 4 and with 9 epochs still to go.
     params = {**PARAMS, "epochs": 10, "checkpoint": {"every_steps": 1000, "every_minutes": None, "keep_rolling": 2}}
     n_steps = 10 * 4
-    command = [sys.executable, "-m", "giblet.train", str(bundle), str(tmp_path), "--params", json.dumps(params)]
+    command = [sys.executable, "-m", "giblet.train.loop", str(bundle), str(tmp_path), "--params", json.dumps(params)]
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 120
@@ -232,8 +232,8 @@ def test_asking_for_more_gpus_than_visible_fails_before_training(bundle, tmp_pat
         launch(str(bundle), str(tmp_path), {**PARAMS, "gpus": 0, "device": "cuda"})
     assert not any(tmp_path.iterdir())  # nothing started, nothing written
     command = training_command("m.json", "out", {"gpus": 4}, 4)
-    assert command[1:5] == ["-m", "giblet.train.launch", "--standalone", "--nproc-per-node=4"]
-    assert command[command.index("giblet.train.launch") + 4:][:2] == ["-m", "giblet.train"]
+    assert command[1:5] == ["-m", "giblet.train.torchrun", "--standalone", "--nproc-per-node=4"]
+    assert command[command.index("giblet.train.torchrun") + 4:][:2] == ["-m", "giblet.train.loop"]
     assert training_command("m.json", "out", {}, 1) is None
 
 

@@ -100,15 +100,42 @@ def frame_grid_identification(decoded: np.ndarray, true: np.ndarray, grid: tuple
 
 
 def identification_scores(predicted: dict, true: dict) -> dict:
-    """{modality: identification of each valid test TR among the valid test TRs} (top-1/top-5, chance)."""
+    """{modality: identification of each valid test TR among the valid test TRs} (top-1/top-5, chance).
+
+    Candidates whose true descriptor equals the right one's are the same stimulus (consecutive TRs
+    inside one annotation have one text descriptor) and are not counted against a decoding: a TR is
+    identified among the *distinct* stimuli of the test block (:func:`distinct_identification`).
+    """
     out = {}
     for modality, (descriptors, valid) in true.items():
         if modality not in predicted or valid.sum() < 2:
             continue
-        scores = identification(np.asarray(predicted[modality])[valid], descriptors[valid])
+        scores = distinct_identification(np.asarray(predicted[modality])[valid], descriptors[valid])
         out[modality] = {k: scores[k] for k in ("top1", "top5", "chance_top1", "chance_top5")}
         out[modality]["n"] = int(valid.sum())
+        out[modality]["n_distinct"] = scores["n_distinct"]
     return out
+
+
+def distinct_identification(pred: np.ndarray, true: np.ndarray) -> dict:
+    """:func:`giblet.evaluate.metrics.identification` (each column centred over the rows, Pearson r
+    across columns, ties count against), except that a candidate whose true row is identical to the
+    right one is not a rival: ``rank`` counts only candidates showing another stimulus, and chance is
+    1 (5) over the number of distinct candidates, averaged over the rows. With every true row distinct
+    this is ``identification`` exactly."""
+    from giblet.evaluate.metrics import center_rows
+
+    pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
+    n = len(true)
+    p, t = center_rows(pred - pred.mean(axis=0)), center_rows(true - true.mean(axis=0))
+    scores = p @ t.T
+    correct = np.diag(scores)[:, None]
+    same = (true[:, None, :] == true[None, :, :]).all(axis=2)
+    rank = ((scores >= correct) & ~same).sum(axis=1)
+    rivals = n - same.sum(axis=1) + 1                     # distinct candidates, the right one included
+    return {"top1": float(np.mean(rank < 1)), "top5": float(np.mean(rank < 5)),
+            "chance_top1": float(np.mean(1.0 / rivals)), "chance_top5": float(np.mean(np.minimum(5, rivals) / rivals)),
+            "n_distinct": int(len(np.unique(true, axis=0)))}
 
 
 def decode_delay(manifest: Manifest) -> int:

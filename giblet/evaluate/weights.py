@@ -22,7 +22,8 @@ from giblet.errors import InputError
 from giblet.evaluate.optimizer_state import check_optimizer
 from giblet.evaluate.tensor_health import THRESHOLDS, check_state_dict
 from giblet.files import jsonable, sha256_file
-from giblet.model.model_file import load_weights_only, read_model_file
+from giblet.model.model_file import read_model_file
+from giblet.weights_only import load_weights_only
 
 HISTOGRAM_PANELS = 12  # histograms drawn in weights.png: flagged tensors first, then the largest
 
@@ -30,7 +31,7 @@ HISTOGRAM_PANELS = 12  # histograms drawn in weights.png: flagged tensors first,
 # -- reading files ------------------------------------------------------------------------------------
 
 def read_checkpoint_file(path: str | Path) -> dict:
-    """A training checkpoint, loaded weights-only (:func:`giblet.model.model_file.load_weights_only`);
+    """A training checkpoint, loaded weights-only (:func:`giblet.weights_only.load_weights_only`);
     InputError naming the file when it is missing, unreadable or holds no ``model`` state."""
     path = Path(path)
     if not path.is_file():

@@ -115,13 +115,16 @@ class BrainAutoencoder(nn.Module):
             self.heads = nn.ModuleDict()
             targets = {name: (modalities[name]["slots"], modalities[name]["dim"])
                        for name in ("frame_latents", "audio_latents") if name in modalities}
-            targets.update({name: (modalities[name][slots], modalities[name]["dim"])
-                            for name, slots in (("text", "k"), ("frame_features", "frames_per_tr")) if name in modalities})
+            # Text: the mean embedding of the TR's annotations (what identification scores), drawn in every slot.
+            targets.update({name: (slots, modalities[name]["dim"]) for name, slots in
+                            (("text", 1), ("frame_features", modalities.get("frame_features", {}).get("frames_per_tr")))
+                            if name in modalities})
             frames = modalities.get("frames")
             self.latent_decoder = LatentDecoder(
                 n_voxels, self.decode_window, decoder_components, targets, renderers or {},
                 frames_shape=(frames["height"], frames["width"]) if frames else None,
-                code_frames=modalities["audio"]["frames_per_tr"] if "audio" in modalities else None)
+                code_frames=modalities["audio"]["frames_per_tr"] if "audio" in modalities else None,
+                text_slots=modalities["text"]["k"] if "text" in modalities else None)
         # Each modality's features are standardized over the batch before they are summed: a stimulus
         # embedding is mostly a constant (the background, the average code) with a small per-TR part,
         # and only the per-TR part predicts the brain (without this the encoders' output barely varied

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from giblet.model.stimulus_autoencoders import build_autoencoder
+from giblet.autoencoders.kinds import build_autoencoder
 
 # Decoded target -> the renderer that draws it (targets without one are decoded as they are).
 RENDERED = {"frame_latents": "frames", "audio_latents": "audio"}
@@ -28,15 +28,17 @@ class LatentDecoder(nn.Module):
 
     ``targets``: {name: per-TR shape}, e.g. ``{"frame_latents": (4, 16), "text": (2, 512)}``;
     ``renderers``: {"frames" | "audio": the autoencoder's config dict}; ``frames_shape`` ``(H, W)`` the
-    rendered frames are resized to (the dataset's frames); ``code_frames`` the code frames per TR.
+    rendered frames are resized to (the dataset's frames); ``code_frames`` the code frames per TR;
+    ``text_slots`` the annotation slots per TR (a decoded text target ``(1, d)`` fills each).
     """
 
     def __init__(self, n_voxels: int, window: int, n_components: int, targets: dict, renderers: dict,
-                 frames_shape: tuple[int, int] | None = None, code_frames: int | None = None):
+                 frames_shape: tuple[int, int] | None = None, code_frames: int | None = None,
+                 text_slots: int | None = None):
         super().__init__()
         self.window, self.n_components = int(window), int(n_components)
         self.targets = {name: tuple(int(n) for n in shape) for name, shape in targets.items()}
-        self.frames_shape, self.code_frames = frames_shape, code_frames
+        self.frames_shape, self.code_frames, self.text_slots = frames_shape, code_frames, text_slots
         self.register_buffer("basis", torch.zeros(self.n_components, n_voxels))
         self.register_buffer("brain_mean", torch.zeros(n_voxels))
         width = sum(math.prod(shape) for shape in self.targets.values())
@@ -64,6 +66,8 @@ class LatentDecoder(nn.Module):
         """Decoded targets -> what the model's decoders return: ``frames`` ``(B, F, H, W, 3)`` in [0, 1],
         ``code_logits`` ``(B, n_q, Fa, C)``, ``text`` ``(B, k, d)``, ``frame_features`` ``(B, F, d)``."""
         out = {name: value for name, value in latents.items() if name not in RENDERED}
+        if "text" in out and self.text_slots:  # one decoded mean embedding, in every annotation slot
+            out["text"] = out["text"].expand(-1, self.text_slots, -1)
         if "frame_latents" in latents:
             z = latents["frame_latents"]
             b, f = z.shape[:2]

@@ -6,10 +6,7 @@ evaluation stage reads it (:func:`read_model_file`, :func:`load_model`). The mod
 and because both sides already depend on ``giblet.model`` while the evaluation stages must not
 import the training package (``giblet.train``).
 
-:func:`load_weights_only` is the one way giblet unpickles a torch file it wrote (``model.pt`` here,
-the training checkpoints in ``giblet.train.checkpoint`` and ``giblet.evaluate.weights``):
-``torch.load(weights_only=True)``, so no pickled code runs, with the few numpy types the
-checkpoints' RNG states need allowed.
+Files are unpickled by :func:`giblet.weights_only.load_weights_only`, as every torch file giblet wrote.
 
 The file is a dict (``torch.save``):
 
@@ -37,31 +34,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from giblet.errors import InputError
 from giblet.model.autoencoder import BrainAutoencoder
+from giblet.weights_only import load_weights_only
 
 MODEL_FORMAT = "giblet.model/1"
 # Keys every model.pt must hold as dicts (the rest is provenance; readers use .get()).
 REQUIRED = ("model_config", "state_dict")
-
-
-def _numpy_safe_globals() -> list:
-    """The numpy types ``np.random.get_state()`` pickles (checkpoints' RNG states), for weights_only."""
-    core = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1
-    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
-
-
-def load_weights_only(path: str | Path):
-    """``torch.load(path, map_location="cpu", weights_only=True)`` with numpy arrays allowed.
-
-    Tensors, containers, numbers, strings and numpy arrays only: a file that needs anything else
-    (arbitrary pickled objects, i.e. code) raises ``pickle.UnpicklingError`` instead of running it.
-    """
-    with torch.serialization.safe_globals(_numpy_safe_globals()):
-        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def write_model_file(path: str | Path, model_config: dict, state_dict: dict, **provenance) -> Path:
@@ -112,4 +93,4 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[BrainAutoencoder,
     return model, {k: v for k, v in saved.items() if k != "state_dict"}
 
 
-__all__ = ["MODEL_FORMAT", "load_model", "load_weights_only", "read_model_file", "write_model_file"]
+__all__ = ["MODEL_FORMAT", "load_model", "read_model_file", "write_model_file"]

@@ -13,21 +13,25 @@ import numpy as np
 import torch
 
 
-# Validation holds out one block of VALIDATION_BLOCK_TRS TRs in every VALIDATION_EVERY.
+# Validation holds out the last of every VALIDATION_EVERY blocks of TRs: blocks of at most
+# VALIDATION_BLOCK_TRS TRs, short enough that a movie holds at least MIN_BLOCKS of them.
 VALIDATION_BLOCK_TRS = 20
 VALIDATION_EVERY = 10
+MIN_BLOCKS = 5
 
 
-def validation_trs(trs: np.ndarray) -> np.ndarray:
-    """(N,) bool: which of the TR indices ``trs`` belong to the held-out validation blocks."""
-    return (np.asarray(trs) // VALIDATION_BLOCK_TRS) % VALIDATION_EVERY == VALIDATION_EVERY - 1
+def validation_trs(trs: np.ndarray, n_trs: int) -> np.ndarray:
+    """(N,) bool: which of the TR indices ``trs`` (of a movie of ``n_trs`` TRs) the validation holds out."""
+    block = max(1, min(VALIDATION_BLOCK_TRS, n_trs // (VALIDATION_EVERY * MIN_BLOCKS)))
+    return (np.asarray(trs) // block) % VALIDATION_EVERY == VALIDATION_EVERY - 1
 
 
 def movie_frames(movie: str | Path, tr: float, rate: float, height: int, width: int,
-                 progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                 progress: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
     """Every ``fps / rate``-th frame of ``movie``, scaled to ``height`` x ``width``.
 
-    Returns uint8 frames ``(N, height, width, 3)`` and each one's TR ``(N,)`` int64, in movie order.
+    Returns uint8 frames ``(N, height, width, 3)``, each one's TR ``(N,)`` int64, in movie order, and
+    the movie's number of TRs.
     Frames are sampled as ``extract_frames`` samples them (:func:`giblet.stimulus.frames.sample_frames`,
     the same timestamps-to-TR rule), only denser.
     """
@@ -44,7 +48,7 @@ def movie_frames(movie: str | Path, tr: float, rate: float, height: int, width: 
                                      desc="decode movie frames"):
         frames.append(frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA"))
         trs.append(i)
-    return np.stack(frames), np.asarray(trs, dtype=np.int64)
+    return np.stack(frames), np.asarray(trs, dtype=np.int64), len(counts.kept)
 
 
 class TensorSet:
@@ -64,9 +68,9 @@ class TensorSet:
         return {k: v[index].to(device) for k, v in self.tensors.items()}
 
 
-def frame_sets(frames: np.ndarray, trs: np.ndarray) -> tuple[TensorSet, TensorSet]:
+def frame_sets(frames: np.ndarray, trs: np.ndarray, n_trs: int) -> tuple[TensorSet, TensorSet]:
     """(training frames, validation frames) by :func:`validation_trs`."""
-    held = validation_trs(trs)
+    held = validation_trs(trs, n_trs)
     return TensorSet(frames=torch.from_numpy(frames[~held])), TensorSet(frames=torch.from_numpy(frames[held]))
 
 
@@ -74,10 +78,10 @@ def code_chunk_sets(codes: np.ndarray, chunk_frames: int) -> tuple[TensorSet, Te
     """Every TR's codes ``(T, n_q, Fa)`` as its run of chunks ``(S, n_q, chunk_frames)``: (training TRs,
     validation TRs) by :func:`validation_trs`. Joined in time order the TRs are the whole soundtrack;
     a sample is a TR so that its neighbouring chunks meet in one batch."""
-    from giblet.model.code_autoencoder import chunk_codes
+    from giblet.autoencoders.codes import chunk_codes
 
     chunks = chunk_codes(torch.from_numpy(np.asarray(codes).astype(np.int64)), chunk_frames)
-    held = torch.from_numpy(validation_trs(np.arange(len(chunks))))
+    held = torch.from_numpy(validation_trs(np.arange(len(chunks)), len(chunks)))
     return TensorSet(chunks=chunks[~held]), TensorSet(chunks=chunks[held])
 
 

@@ -1,6 +1,6 @@
 """Start pretraining as its rule asks: one process (CPU or one GPU), or one per GPU under torchrun.
 
-The same agent as the brain model's training (:mod:`giblet.train.launch`): a stop signal reaches
+The same agent as the brain model's training (:mod:`giblet.train.torchrun`): a stop signal reaches
 the workers, which save and exit 75, and the job exits 75 so a rerun resumes.
 """
 
@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from giblet.errors import ConfigError
-from giblet.train.launch import AGENT_SIGNALS, _left_to_the_agents, check_gpus
+from giblet.train.torchrun import AGENT_SIGNALS, check_gpus, left_to_the_agents
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ def pretraining_command(kind: str, stimulus: str, out_dir: str, params: dict, tr
     """The torchrun agent's command for ``gpus`` > 1 processes, or None to pretrain in this process."""
     if gpus <= 1:
         return None
-    return [sys.executable, "-m", "giblet.train.launch", "--standalone", f"--nproc-per-node={gpus}",
+    return [sys.executable, "-m", "giblet.train.torchrun", "--standalone", f"--nproc-per-node={gpus}",
             *AGENT_SIGNALS, "-m", "giblet.pretrain", kind, str(stimulus), str(out_dir), "--tr", str(tr),
             *(["--movie", str(movie)] if movie else []), "--params", json.dumps(params)]
 
@@ -46,5 +46,5 @@ def launch_pretraining(kind: str, stimulus: str | Path, out_dir: str | Path, par
     if command is None:
         return pretrain(kind, stimulus, out_dir, params, tr, movie)
     log.info("starting %d processes: %s", gpus, " ".join(command[:5]))
-    with _left_to_the_agents():
+    with left_to_the_agents():
         return subprocess.run(command).returncode

@@ -1,14 +1,14 @@
 """Pretrain a stimulus autoencoder on the whole movie, with the brain model's training engine.
 
-:class:`Pretrainer` is :class:`giblet.train.loop.Trainer` with another task: the model is a
-:class:`~giblet.model.frame_autoencoder.FrameAutoencoder` (``kind="frames"``) or a
-:class:`~giblet.model.code_autoencoder.CodeAutoencoder` (``kind="audio"``), the samples are every
+:class:`Pretrainer` is the training engine (:class:`giblet.train.engine.Engine`) with its task: the model is a
+:class:`~giblet.autoencoders.frames.FrameAutoencoder` (``kind="frames"``) or a
+:class:`~giblet.autoencoders.codes.CodeAutoencoder` (``kind="audio"``), the samples are every
 frame (every code chunk) of the movie, the loss is the reconstruction error. Everything else is the
 engine's: checkpoint tiers and bitwise resume after a kill, SIGUSR1/TERM/INT saving and exiting 75,
 DDP under torchrun, bf16 autocast on GPUs, TensorBoard, early stopping on the held-out TR blocks.
 
 At the end (:meth:`Pretrainer.write_model`) the best weights go to ``autoencoder.pt``
-(:mod:`giblet.model.stimulus_autoencoder_file`) and every TR's stimulus is encoded into
+(:mod:`giblet.autoencoders.file`) and every TR's stimulus is encoded into
 ``latents.npy``: float32 ``(T, S, latent_dim)``, one latent per frame slot of ``frames.npy`` (or per
 code chunk of ``audio_codes.npy``), which the dataset stage hands to the brain model.
 """
@@ -23,14 +23,14 @@ import numpy as np
 import torch
 
 from giblet.files import sha256_file, write_json, write_sidecar
-from giblet.model.code_autoencoder import (CodeAutoencoder, CodeAutoencoderConfig, chunk_codes, code_autoencoder_loss,
+from giblet.autoencoders.codes import (CodeAutoencoder, CodeAutoencoderConfig, chunk_codes, code_autoencoder_loss,
                                            code_counts, rare_code_weights)
-from giblet.model.frame_autoencoder import (FrameAutoencoder, FrameAutoencoderConfig, foreground_weighted_mse,
+from giblet.autoencoders.frames import (FrameAutoencoder, FrameAutoencoderConfig, foreground_weighted_mse,
                                             resize_frames)
-from giblet.model.stimulus_autoencoder_file import write_autoencoder
+from giblet.autoencoders.file import write_autoencoder
 from giblet.pretrain import data
 from giblet.train import distributed as dist
-from giblet.train.loop import SELECTION_KEY, Trainer
+from giblet.train.engine import SELECTION_KEY, Engine
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def pretrain_params(section: dict, train: dict) -> dict:
     return {**FIXED, **{k: train[k] for k in RUN_KEYS if k in train}, **section}
 
 
-class Pretrainer(Trainer):
+class Pretrainer(Engine):
     """One pretraining run into ``out_dir`` (checkpoints/, history.jsonl, tensorboard/, autoencoder.pt, latents.npy).
 
     ``stimulus``: ``frames.npy`` (kind ``frames``) or ``audio_codes.npy`` (kind ``audio``), the per-TR
@@ -92,11 +92,11 @@ class Pretrainer(Trainer):
     def _datasets(self, hold):
         p = self.params
         if self.kind == "frames":
-            frames, trs = data.movie_frames(self.movie, self.tr, p["rate"], p["height"], p["width"],
-                                            progress=self.progress and self.rank == 0)
+            frames, trs, n_trs = data.movie_frames(self.movie, self.tr, p["rate"], p["height"], p["width"],
+                                                   progress=self.progress and self.rank == 0)
+            train_set, val_set = data.frame_sets(frames, trs, n_trs)
             log.info("learning frames from %d frames of %s (%.1f per second), %d held out for validation",
-                     len(frames), self.movie, p["rate"], int(data.validation_trs(trs).sum()))
-            train_set, val_set = data.frame_sets(frames, trs)
+                     len(frames), self.movie, p["rate"], len(val_set))
         else:
             train_set, val_set = data.code_chunk_sets(np.load(self.stimulus), p["chunk_frames"])
             chunks = train_set.tensors["chunks"]

@@ -56,7 +56,7 @@ from pathlib import Path
 import torch
 
 from giblet.files import _fsync_dir, sha256_file, write_json
-from giblet.model.model_file import load_weights_only
+from giblet.weights_only import load_weights_only
 from giblet.train.durable_write import HashingWriter, link_atomically
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def load_checkpoint(path: str | Path) -> dict:
     """The state saved in checkpoint ``path``, on the CPU, read weights-only.
 
     Tensors, containers, numbers, strings and the numpy arrays of the RNG states only
-    (:func:`giblet.model.model_file.load_weights_only`); anything else in the file raises.
+    (:func:`giblet.weights_only.load_weights_only`); anything else in the file raises.
     """
     return load_weights_only(path)
 

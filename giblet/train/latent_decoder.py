@@ -3,7 +3,8 @@
 After training, :func:`fit_latent_decoder` fits :class:`~giblet.model.latent_decoder.LatentDecoder`'s
 linear map on the training and validation targets: inputs are the ``decode_window`` brain TRs ending
 at each target, on the training block's principal components; outputs are the latents of the
-stimulus TR the decoders reconstruct (``decode_index``) and the text (frame) CLIP embeddings. One
+stimulus TR the decoders reconstruct (``decode_index``), the mean CLIP embedding of its text and the
+CLIP embeddings of its frames. One
 penalty per output by time-blocked CV (:func:`giblet.train.readout.ridge_weights`). Predictions
 shrink towards the mean, and the frozen renderers draw a shrunken latent as the average picture,
 so every rendered latent is rescaled to the mean and spread it has on the fitted rows (as
@@ -20,7 +21,7 @@ import torch
 
 from giblet.data.manifest import Manifest
 from giblet.model.latent_decoder import RENDERED
-from giblet.model.stimulus_autoencoder_file import load_autoencoder
+from giblet.autoencoders.file import load_autoencoder
 from giblet.train.readout import ridge_weights
 
 log = logging.getLogger(__name__)
@@ -54,9 +55,22 @@ def brain_windows(fmri: np.ndarray, targets: np.ndarray, window: int) -> np.ndar
 
 
 def decoded_targets(manifest: Manifest, names, stimulus_trs: np.ndarray) -> dict[str, np.ndarray]:
-    """The true value of every decoded target at ``stimulus_trs``: {name: (n, *shape) float32}."""
-    return {name: np.asarray(np.load(manifest.arrays[name].path, mmap_mode="r")[stimulus_trs], np.float32)
-            for name in names}
+    """The true value of every decoded target at ``stimulus_trs``: {name: (n, *shape) float32}.
+
+    ``text`` is the mean embedding of each TR's annotations ``(n, 1, d)``; a TR without one gets the
+    mean of the others, so that it pulls the fit nowhere.
+    """
+    out = {}
+    for name in names:
+        values = np.asarray(np.load(manifest.arrays[name].path, mmap_mode="r")[stimulus_trs], np.float32)
+        if name == "text":
+            mask = np.asarray(np.load(manifest.arrays["text_mask"].path, mmap_mode="r")[stimulus_trs], bool)
+            count = mask.sum(axis=1)
+            mean = (values * mask[..., None]).sum(axis=1) / np.maximum(count, 1)[:, None]
+            mean[count == 0] = mean[count > 0].mean(axis=0) if (count > 0).any() else 0.0
+            values = mean[:, None]
+        out[name] = values
+    return out
 
 
 @torch.no_grad()

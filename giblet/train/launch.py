@@ -15,37 +15,21 @@ killing them after 30 s, and it exits 75 when its workers did, so srun (and the 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 from giblet.errors import ConfigError
+from giblet.train.torchrun import AGENT_SIGNALS, check_gpus, left_to_the_agents
 
 log = logging.getLogger(__name__)
 
 # The c10d rendezvous listens on the first node at RDZV_PORT + (job ID mod 1000), so two jobs that share
 # a node rarely collide; GIBLET_RDZV_PORT in the environment overrides it.
 RDZV_PORT = 29400
-# Signals a stop: the trainer saves at the next step and exits 75 (giblet.train.stop_flag.StopFlag).
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
-# torchrun keeps handling these; the stop signals are the agent's own (agent() below).
-AGENT_SIGNALS = ("--signals-to-handle=SIGHUP,SIGQUIT",)
-
-
-def check_gpus(requested: int, visible: int) -> None:
-    """Raise if the job asked for more GPUs than it can see."""
-    if requested > visible:
-        shown = os.environ.get("CUDA_VISIBLE_DEVICES")
-        where = f"CUDA_VISIBLE_DEVICES={shown!r}" if shown is not None else "CUDA_VISIBLE_DEVICES is not set"
-        raise ConfigError(
-            f"train.gpus is {requested} but this job sees {visible} GPU(s) ({where}). Lower train.gpus "
-            "(0 trains on the CPU), or run where that many GPUs are visible")
 
 
 def granted_gpus(requested: int, granted: int) -> int:
@@ -70,8 +54,8 @@ def training_command(manifest: str, out_dir: str, params: dict, gpus: int) -> li
     agent below (torchrun's ``--standalone``), so a stop signal saves and exits 75 as on several nodes."""
     if gpus <= 1:
         return None
-    return [sys.executable, "-m", "giblet.train.launch", "--standalone", f"--nproc-per-node={gpus}",
-            *AGENT_SIGNALS, "-m", "giblet.train", manifest, out_dir, "--params", json.dumps(params)]
+    return [sys.executable, "-m", "giblet.train.torchrun", "--standalone", f"--nproc-per-node={gpus}",
+            *AGENT_SIGNALS, "-m", "giblet.train.loop", manifest, out_dir, "--params", json.dumps(params)]
 
 
 @dataclass(frozen=True)
@@ -122,11 +106,11 @@ def slurm_allocation(nodes: int, env=os.environ, scontrol=_scontrol) -> Allocati
 
 def node_command(manifest: str, out_dir: str, params: dict, nodes: int, nproc: int, endpoint: str,
                  rdzv_id: str) -> list[str]:
-    """What runs on each node: a torchrun agent (this module) starting ``nproc`` training processes,
+    """What runs on each node: a torchrun agent (:mod:`giblet.train.torchrun`) starting ``nproc`` training processes,
     meeting the other nodes' agents at the c10d rendezvous ``endpoint`` (host:port)."""
-    return [sys.executable, "-m", "giblet.train.launch", f"--nnodes={nodes}", f"--nproc-per-node={nproc}",
+    return [sys.executable, "-m", "giblet.train.torchrun", f"--nnodes={nodes}", f"--nproc-per-node={nproc}",
             "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", f"--rdzv-id={rdzv_id}", *AGENT_SIGNALS,
-            "-m", "giblet.train", manifest, out_dir, "--params", json.dumps(params)]
+            "-m", "giblet.train.loop", manifest, out_dir, "--params", json.dumps(params)]
 
 
 def multinode_command(manifest: str, out_dir: str, params: dict, nodes: int, gpus: int,
@@ -139,18 +123,6 @@ def multinode_command(manifest: str, out_dir: str, params: dict, nodes: int, gpu
             "--kill-on-bad-exit=0", f"--cpus-per-task={allocation.cpus_per_node}",
             *([f"--gres=gpu:{gpus}"] if gpus else [])]
     return srun + node_command(manifest, out_dir, params, nodes, max(gpus, 1), endpoint, allocation.job_id)
-
-
-@contextlib.contextmanager
-def _left_to_the_agents():
-    """While the agents (or srun) run: a stop signal that reaches this process is theirs to act on
-    (SLURM signals the step's every process itself), not a reason to die and orphan the training."""
-    previous = {s: signal.signal(s, lambda signum, frame: None) for s in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def launch(manifest: str, out_dir: str, params: dict) -> int:
@@ -174,77 +146,13 @@ def launch(manifest: str, out_dir: str, params: dict) -> int:
         command = multinode_command(manifest, out_dir, params, nodes, gpus, allocation,
                                     rendezvous_port(allocation.job_id))
         log.info("starting %d nodes x %d processes: %s", nodes, max(gpus, 1), " ".join(command[:-2]))
-        with _left_to_the_agents():
+        with left_to_the_agents():
             return subprocess.run(command).returncode
     command = training_command(manifest, out_dir, params, gpus)
     if command is None:
         return train(manifest, out_dir, params)
     log.info("starting %d processes: %s", gpus, " ".join(command[:5]))
-    with _left_to_the_agents():
+    with left_to_the_agents():
         return subprocess.run(command).returncode
 
 
-def _workers(agent_pid: int) -> list[int]:
-    """The agent's child processes: its training workers (torchrun starts each in its own session, so
-    a signal to the agent's process group never reaches them)."""
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == agent_pid:
-                children.append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
-    return children
-
-
-def _forward_stop_signals() -> None:
-    """USR1/TERM/INT: pass the signal to the workers (they save at the next step and exit 75) and keep
-    waiting. A second TERM or INT, or a stop before any worker started, ends the agent torchrun's way
-    (TERM to the workers, SIGKILL after its shutdown timeout)."""
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-
-    forwarded: list[int] = []
-
-    def handle(signum, frame):
-        workers = _workers(os.getpid())
-        if not workers or (forwarded and signum != signal.SIGUSR1):
-            raise SignalException(f"agent {os.getpid()} got {signal.Signals(signum).name}",
-                                  sigval=signal.Signals(signum))
-        forwarded.append(signum)
-        for pid in workers:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-
-    for s in STOP_SIGNALS:
-        signal.signal(s, handle)
-
-
-def agent(argv: list[str]) -> int:
-    """One node's torchrun agent (``argv``: torchrun's arguments). Returns 0, EXIT_RESUME when its
-    workers saved after a stop signal, 1 when they failed otherwise, 128 + signal when it was stopped
-    the hard way."""
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import get_args_parser, run
-
-    from giblet.train.loop import EXIT_RESUME
-
-    args = get_args_parser().parse_args(argv)
-    _forward_stop_signals()
-    try:
-        run(args)
-    except ChildFailedError as error:
-        codes = {failure.exitcode for failure in error.failures.values()}
-        log.log(logging.INFO if codes == {EXIT_RESUME} else logging.ERROR, "training processes exited with %s",
-                sorted(codes))
-        return EXIT_RESUME if codes == {EXIT_RESUME} else 1
-    except SignalException as error:
-        return 128 + error.sigval
-    return 0
-
-
-if __name__ == "__main__":
-    from giblet.logs import setup_logging
-
-    setup_logging()
-    sys.exit(agent(sys.argv[1:]))

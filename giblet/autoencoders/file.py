@@ -7,8 +7,8 @@ become part of ``model.pt``). The file is a dict (``torch.save``, read weights-o
 ``format``
     :data:`AUTOENCODER_FORMAT`; a reader refuses any other value.
 ``kind``
-    ``"frames"`` (:class:`~giblet.model.frame_autoencoder.FrameAutoencoder`) or ``"audio"``
-    (:class:`~giblet.model.code_autoencoder.CodeAutoencoder`).
+    ``"frames"`` (:class:`~giblet.autoencoders.frames.FrameAutoencoder`) or ``"audio"``
+    (:class:`~giblet.autoencoders.codes.CodeAutoencoder`).
 ``config``
     The kind's config dataclass as a dict.
 ``state_dict``
@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from giblet.errors import InputError
-from giblet.model.model_file import load_weights_only
-from giblet.model.stimulus_autoencoders import build_autoencoder
+from giblet.weights_only import load_weights_only
+from giblet.autoencoders.kinds import build_autoencoder
 
 AUTOENCODER_FORMAT = "giblet.stimulus_autoencoder/1"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from giblet.model.code_autoencoder import CodeAutoencoder, CodeAutoencoderConfig
-from giblet.model.frame_autoencoder import FrameAutoencoder, FrameAutoencoderConfig
+from giblet.autoencoders.codes import CodeAutoencoder, CodeAutoencoderConfig
+from giblet.autoencoders.frames import FrameAutoencoder, FrameAutoencoderConfig
 
 KINDS = {"frames": (FrameAutoencoder, FrameAutoencoderConfig), "audio": (CodeAutoencoder, CodeAutoencoderConfig)}
 
