@@ -334,3 +334,32 @@ def test_evaluate_errors_name_the_file_and_write_nothing(tmp_path):
     with pytest.raises(InputError, match=rf"^{re.escape(str(no_test))}: has no test block"):
         evaluate(save_model(no_test, tmp_path / "ok.pt"), no_test, out)
     assert not (tmp_path / "out").exists()  # no output dir, no partial files, no temporary dir
+
+
+def test_mean_frame_grid_and_its_identification_against_numpy():
+    from giblet.evaluate.decoding_identification import frame_grid_identification, mean_frame_grid
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (12, 3, 18, 32, 3), dtype=np.uint8)
+    # Reference: each TR's mean frame in 2 x 2 pixel cells (18 x 32 on a 9 x 16 grid), in [0, 1].
+    reference = frames.mean(axis=1).reshape(12, 9, 2, 16, 2, 3).mean(axis=(2, 4)).reshape(12, -1) / 255
+    np.testing.assert_allclose(mean_frame_grid(frames), reference, atol=1e-12)
+    np.testing.assert_allclose(mean_frame_grid(frames.astype(np.float32) / 255), reference, atol=1e-6)
+    assert frame_grid_identification(frames, frames)["top1"] == 1.0
+    # Decoded frames that show the next TR's picture identify that TR, never their own.
+    scores = frame_grid_identification(np.roll(frames, -1, axis=0), frames)
+    assert scores["top1"] == 0.0 and scores["chance_top1"] == pytest.approx(1 / 12)
+
+
+def test_identification_among_distinct_stimuli_counts_no_repeat_as_a_rival():
+    from giblet.evaluate.decoding_identification import distinct_identification
+    from giblet.evaluate.metrics import identification
+
+    rng = np.random.default_rng(1)
+    true = np.repeat(rng.standard_normal((5, 8)), [3, 1, 2, 2, 2], axis=0)   # annotations that last several TRs
+    scores = distinct_identification(true, true)
+    assert scores["top1"] == 1.0 and scores["n_distinct"] == 5
+    assert identification(true, true)["top1"] == pytest.approx(1 / 10)          # only the lone TR, as ties count
+    # chance: 1 over the right TR and the TRs of other stimuli (8 for a row of the 3-TR annotation, ...)
+    rivals = 10 - np.repeat([3, 1, 2, 2, 2], [3, 1, 2, 2, 2]) + 1
+    assert scores["chance_top1"] == pytest.approx(np.mean(1 / rivals))

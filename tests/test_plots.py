@@ -1,7 +1,7 @@
 """Evaluation plots: reconstructions, lesions and the training summary.
 
 The bundle's stimulus is what its own (untrained, seeded) model decodes from the bundle's fMRI, placed
-at the TR the decoders reconstruct (``decode_index``, 3 TRs before each window's last at TR 1.5), so the
+at the TR the decoders reconstruct (``decode_index``, 3 TRs before each window's last with its lag of 4), so the
 intact decoding is exact by construction (code accuracy 1, text top-1 1, ...), and the model's bottleneck
 reads only the voxels of region A, so a lesion of A must degrade every modality while an equal number
 of random voxels from outside A (all ignored) changes nothing.
@@ -146,10 +146,12 @@ def test_reconstructions_skip_the_wav_when_the_weights_cannot_be_rebuilt(bundle,
     (out / "decoded.wav").write_bytes(b"stale wav of an earlier run")
     result = plot_reconstructions(bundle["model"], bundle["manifest"], out, n_examples=4, audio_trs=3)
 
-    assert sorted(result["files"]) == ["audio.png", "fmri.png", "text.png", "video.png"]
-    assert sorted(p.name for p in out.iterdir()) == ["audio.png", "fmri.png", "text.png", "video.png"]
+    files = ["audio.png", "decoded_test.npz", "fmri.png", "text.png", "video.png"]
+    assert sorted(result["files"]) == files
+    assert sorted(p.name for p in out.iterdir()) == files
     for name in result["files"]:
-        assert_png(out / name)
+        if name.endswith(".png"):
+            assert_png(out / name)
     assert result["audio"]["wav"] is None
     assert "models.encodec.weights" in result["audio"]["wav_skipped"]
     assert any("skipping decoded.wav" in r.getMessage() for r in caplog.records)
@@ -173,6 +175,15 @@ def test_reconstructions_skip_the_wav_when_the_weights_cannot_be_rebuilt(bundle,
     first, stop = manifest["split"]["ranges"]["test"]
     assert result["video"]["shown_trs"][0] == first - 3 and result["video"]["shown_trs"][-1] == stop - 4
     assert result["audio"]["shown_trs"] == [first - 3 + (n_test - 3) // 2, first - 3 + (n_test - 3) // 2 + 2]
+    # decoded_test.npz: every test row's decoded stimulus at the TR it reconstructs, scored without the model.
+    root = bundle["root"]
+    with np.load(out / "decoded_test.npz") as decoded:
+        assert decoded["trs"].tolist() == list(range(first - 3, stop - 3))
+        assert decoded["frames"].dtype == np.uint8
+        assert np.abs(decoded["frames"].astype(int) - np.load(root / "frames.npy")[decoded["trs"]]).max() <= 1
+        assert np.array_equal(decoded["codes"], np.load(root / "audio_codes.npy")[decoded["trs"]])
+        assert decoded["text"].shape == (n_test, K, np.load(root / "text.npy").shape[2])
+    assert result["video"]["grid_identification"]["top1"] == 1.0
     assert len(result["fmri"]["best_voxels"]) == 4
     assert result["fmri"]["n_reliable"] == len(REGION_A) and "exact" in result["fmri"]["reliable"]
     assert result["fmri"]["best_r"] == sorted(result["fmri"]["best_r"], reverse=True)
@@ -204,8 +215,11 @@ def test_reconstructions_only_for_enabled_modalities(tmp_path):
     _save_model(BrainAutoencoder.from_manifest(manifest, "tiny").eval(), data["root"] / "frames_only.pt")
     out = tmp_path / "recon"
     result = plot_reconstructions(data["root"] / "frames_only.pt", data["root"] / "frames_only.json", out)
-    assert sorted(result["files"]) == ["fmri.png", "video.png"] and "audio" not in result and "text" not in result
-    assert sorted(p.name for p in out.iterdir()) == ["fmri.png", "video.png"]
+    files = ["decoded_test.npz", "fmri.png", "video.png"]
+    assert sorted(result["files"]) == files and "audio" not in result and "text" not in result
+    assert sorted(p.name for p in out.iterdir()) == files
+    with np.load(out / "decoded_test.npz") as decoded:
+        assert sorted(decoded.files) == ["frames", "trs"]
 
     # And a model of other modalities than the manifest's is refused, naming the model.
     with pytest.raises(InputError, match="modalities") as error:

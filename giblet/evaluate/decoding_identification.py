@@ -121,7 +121,7 @@ def distinct_identification(pred: np.ndarray, true: np.ndarray) -> dict:
     """:func:`giblet.evaluate.metrics.identification` (each column centred over the rows, Pearson r
     across columns, ties count against), except that a candidate whose true row is identical to the
     right one is not a rival: ``rank`` counts only candidates showing another stimulus, and chance is
-    1 (5) over the number of distinct candidates, averaged over the rows. With every true row distinct
+    1 (5) over the right TR and those candidates, averaged over the rows. With every true row distinct
     this is ``identification`` exactly."""
     from giblet.evaluate.metrics import center_rows
 
