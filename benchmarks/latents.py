@@ -14,6 +14,10 @@ training and validation targets, from:
   components (fitted on the fit targets);
 - ``oracle``: the same decoder on the demo's noise-free signal: what the brain encodes at all.
 
+:func:`autoencoder_readout` asks the pretrained autoencoders the same of their own latent spaces (a
+benchmark only: the truth never enters pretraining): the visual latents read linearly (ridge) from
+the frame autoencoder's latents of each TR, the auditory ones from the code autoencoder's.
+
 The latent decoded for target TR ``t`` is the one at the TR the model decodes (``t`` minus the
 hemodynamic delay, as in decoding identification). Scores are Pearson r on the test block; the
 table shows the mean r over each group's latents, and the JSON keeps every latent.
@@ -123,4 +127,27 @@ def latent_decoding(results: str | Path) -> dict:
         r = decode_r(X_fit, L_fit, X_test, L_test, fit, split.lag_trs)
         out[row] = {"by_latent": dict(zip(names, map(float, r))),
                     "group_r": {g: float(np.mean(r[groups == g])) for g in LATENT_GROUPS}}
+    return out
+
+
+def autoencoder_readout(results: str | Path, fit_fraction: float = 0.7) -> dict:
+    """{group: {"by_latent": {name: r}, "r": mean r}}: each pretrained autoencoder's per-TR latents (mean
+    over the TR's slots) -> the demo's latents of its group, ridge fitted on the first ``fit_fraction``
+    of the movie's TRs and scored (Pearson r) on the rest, with a gap of 10 TRs between them."""
+    results = Path(results)
+    truth = np.load(results / "demo" / "truth.npz")
+    names, groups, latents = tr_latents(truth)
+    groups = np.asarray(groups)
+    out = {}
+    for group, kind in (("visual", "frames"), ("auditory", "audio")):
+        path = results / "pretrain" / kind / "latents.npy"
+        if not path.exists():
+            continue
+        X = np.load(path).mean(axis=1)
+        n = min(len(X), len(latents))
+        split = int(fit_fraction * n)
+        fit, test = np.arange(split - 10), np.arange(split, n)
+        columns = np.flatnonzero(groups == group)
+        r = decode_r(X[fit], latents[fit][:, columns], X[test], latents[test][:, columns], fit, 1)
+        out[group] = {"by_latent": {names[c]: float(v) for c, v in zip(columns, r)}, "r": float(np.mean(r))}
     return out

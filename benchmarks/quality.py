@@ -21,6 +21,8 @@ Printed per seed, and as mean ± sd over seeds, everything on the held-out test 
   regressors, in ``metrics.json``) and chance;
 - the frames in ``decoded_test.npz`` scored without the model (``recon_frames_top1``: each test row's
   mean frame on a 9 x 16 colour grid, ranked among the test rows' true frames);
+- the pretrained autoencoders' own latents (``ae_<group>_r``: the demo's visual or auditory latents
+  read linearly from them, fitted on the first 70 % of the movie, r on the rest; no brain involved);
 - the demo's latents decoded from the brain (``lat_<group>_r``: mean test r over the group's latents;
   see ``benchmarks/latents.py``, every latent in ``benchmark-latents.json``);
 - wall time per stage (the sum over a stage's jobs, from the Snakemake log of the run that last ran it).
@@ -40,7 +42,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.latents import latent_decoding
+from benchmarks.latents import autoencoder_readout, latent_decoding
 
 
 def score_decoded_frames(decoded_npz: Path, manifest_path: Path) -> dict | None:
@@ -118,6 +120,7 @@ def run_seed(seed: int, quick: bool, cores: int) -> dict:
     times.update(stage_seconds(done.stdout + done.stderr))
     times_path.write_text(json.dumps(times, indent=1))
     latents = latent_decoding(results)
+    latents["autoencoders"] = autoencoder_readout(results)
     (results / "benchmark-latents.json").write_text(json.dumps(latents, indent=1))
     return {"seed": seed, "metrics": json.loads((REPO / targets[0]).read_text()),
             "ridge": json.loads((REPO / targets[1]).read_text()), "latents": latents,
@@ -156,7 +159,11 @@ def seed_table(run: dict) -> dict[str, dict[str, float | None]]:
     if run.get("reconstructed_frames"):  # decoded_test.npz's frames on the 9 x 16 grid
         table["model"]["recon_frames_top1"] = run["reconstructed_frames"]["top1"]
         table["chance"]["recon_frames_top1"] = run["reconstructed_frames"]["chance_top1"]
+    for group, readout in ((run.get("latents") or {}).get("autoencoders") or {}).items():
+        table["model"][f"ae_{group}_r"] = readout["r"]   # read from the pretrained latents (no brain)
     for name, decoded in (run.get("latents") or {}).items():
+        if name == "autoencoders":
+            continue
         for group, r in decoded["group_r"].items():
             table[name][f"lat_{group}_r"] = r
             table["chance"][f"lat_{group}_r"] = 0.0

@@ -51,7 +51,9 @@ def workflow_copy(tmp_path) -> Path:
 
 
 # The small demo that the workflow and report tests run through Snakemake (one epoch, 32x18 frames).
-DEMO_RUN = SMALL_DEMO + ["stimulus.frames.width=32", "stimulus.frames.height=18", "train.epochs=1"]
+# Pretraining kept short: its tests are tests/test_pretrain.py.
+QUICK_PRETRAIN = ["pretrain.frames.epochs=2", "pretrain.audio.epochs=5"]
+DEMO_RUN = SMALL_DEMO + ["stimulus.frames.width=32", "stimulus.frames.height=18", "train.epochs=1"] + QUICK_PRETRAIN
 
 
 @pytest.fixture(scope="session")

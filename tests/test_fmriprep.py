@@ -18,6 +18,7 @@ from giblet import paths, rules, stages
 from giblet.config import apply_overrides, load_config, validate_config
 from giblet.errors import ConfigError, InputError
 from giblet.splits import Split
+from tests.conftest import QUICK_PRETRAIN
 from tests.fmriprep_like import giblet_config, write_fmriprep_like
 
 REPO = Path(__file__).resolve().parents[1]
@@ -242,7 +243,7 @@ def test_fmriprep_example_runs_end_to_end(workflow_copy):
     study = write_fmriprep_like(workflow_copy / "data" / "fmriprep_example")
     overlay = workflow_copy / "config" / "offline.yaml"
     # Offline: no pretrained EnCodec/CLIP weights here, so audio, text and CLIP frames are off; training is short.
-    overlay.write_text(yaml.safe_dump(apply_overrides({}, PIXELS_ONLY + ["train.epochs=2"])))
+    overlay.write_text(yaml.safe_dump(apply_overrides({}, PIXELS_ONLY + ["train.epochs=2"] + QUICK_PRETRAIN)))
     run = snakemake(workflow_copy, "--configfile", "config/fmriprep_example.yaml", "config/offline.yaml")
     assert run.returncode == 0, run.stdout[-5000:] + run.stderr[-5000:]
     results = workflow_copy / "results" / "fmriprep_example"

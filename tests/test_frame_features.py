@@ -228,12 +228,13 @@ def test_the_frame_features_loss_is_one_minus_cosine_over_every_frame():
 
 
 def test_with_both_the_model_encodes_and_decodes_pixels_and_clip_features():
-    from giblet.model import MODEL_PRESETS, BrainAutoencoder, losses
+    from giblet.model import BrainAutoencoder, BrainAutoencoderConfig, losses
 
     modalities = {"frames": {"frames_per_tr": 2, "height": 18, "width": 32},
                   "frame_features": {"frames_per_tr": 2, "dim": 16}}
     torch.manual_seed(0)
-    model = BrainAutoencoder(modalities, n_voxels=7, lag_trs=3, **{**MODEL_PRESETS["tiny"], "fmri_rank": 0})
+    config = BrainAutoencoderConfig.from_preset("tiny", modalities=modalities, n_voxels=7, lag_trs=3, fmri_rank=0)
+    model = BrainAutoencoder(config)
     torch.nn.init.normal_(model.to_fmri.weight)  # zero at init: no gradient would reach the encoders yet
     batch = {"frames": torch.randint(0, 256, (4, 3, 2, 18, 32, 3), dtype=torch.uint8),
              "frame_features": torch.nn.functional.normalize(torch.randn(4, 3, 2, 16), dim=-1),
@@ -276,7 +277,9 @@ def clip_only_dataset(small_demo, out: Path) -> Path:
     nib.save(nib.Nifti1Image(np.ones((fmri.shape[1], 1, 1), np.uint8), np.eye(4)), out / "mask.nii.gz")
     n_trs = len(fmri)
     write_json(out / "split.json", plan_split(n_trs, n_trs, config["split"]).to_dict())
-    assert set(paths.stimulus_arrays(config)) == {"frame_features", "audio_codes", "text", "text_mask"}
+    # The code autoencoder still learns from the soundtrack; no frame autoencoder without pixels.
+    assert set(paths.stimulus_arrays(config)) == {"frame_features", "audio_codes", "text", "text_mask",
+                                                  "audio_latents", "audio_autoencoder"}
     assemble_dataset({"frame_features": stim["frame_features"]}, out / "group.npy", out / "mask.nii.gz",
                      out / "split.json", out / "manifest.json", tr=config["tr"])
     return out / "manifest.json"

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from giblet.model import MODEL_PRESETS, BrainAutoencoder, losses, pearson_per_voxel
+from giblet.model import PRESETS, BrainAutoencoder, BrainAutoencoderConfig, losses, pearson_per_voxel
 
 MODALITIES = {"frames": {"frames_per_tr": 2, "height": 18, "width": 32},
               "audio": {"n_q": 4, "frames_per_tr": 16, "codebook_size": 64},
@@ -250,6 +250,25 @@ def test_config_round_trip_rebuilds_an_identical_model():
         BrainAutoencoder.from_manifest(manifest(), "huge")
 
 
+def test_the_config_dataclass_round_trips_through_json_to_the_same_weights():
+    import json
+    config = BrainAutoencoderConfig.from_manifest({**manifest(), "tr": 1.5}, "tiny", hidden=48)
+    assert config.frame_channels == PRESETS["tiny"].frame_channels and config.hidden == 48
+    assert config.decode_delay_trs > 0 and config.decode_window_trs > 1  # from the TR (giblet.timing)
+    torch.manual_seed(0)
+    m = BrainAutoencoder(config)
+    saved = json.loads(json.dumps(m.config()))
+    assert saved["frame_channels"] == list(config.frame_channels)
+    assert BrainAutoencoderConfig.from_dict(saved) == config
+    torch.manual_seed(0)
+    rebuilt = BrainAutoencoder.from_config(saved)
+    assert rebuilt.cfg == config and rebuilt.config() == saved
+    a, b = m.state_dict(), rebuilt.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match=r"key\(s\) \['hiden'\]"):
+        BrainAutoencoder.from_config({**saved, "hiden": 32})
+
+
 def test_gradient_checkpointing_and_dropout():
     plain, ckpt = model(), model(gradient_checkpointing=True)
     ckpt.load_state_dict(plain.state_dict())
@@ -268,7 +287,7 @@ def test_gradient_checkpointing_and_dropout():
         grads.append([p.grad.clone() for p in m.parameters()])
     assert all(torch.allclose(g1, g2, atol=1e-5) for g1, g2 in zip(*grads))
 
-    assert plain.config()["dropout"] == MODEL_PRESETS["tiny"]["dropout"] > 0
+    assert plain.config()["dropout"] == PRESETS["tiny"].dropout > 0
     plain.train()
     with torch.no_grad():
         torch.manual_seed(1)
@@ -294,7 +313,7 @@ def test_tiny_preset_is_small_and_presets_grow():
     assert counts["tiny"] < 1_100_000
     assert counts["tiny"] < counts["base"] < counts["large"]
     # the receptive field of the causal stack covers the window for every preset and lag
-    for preset, lag in itertools.product(MODEL_PRESETS, (1, 6, 10, 40)):
+    for preset, lag in itertools.product(PRESETS, (1, 6, 10, 40)):
         with torch.device("meta"):
             m = BrainAutoencoder.from_manifest(dict(demo, lag_trs=lag), preset, temporal="conv")
         k = m.config()["kernel_size"]

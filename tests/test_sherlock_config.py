@@ -116,6 +116,7 @@ def write_overlay(workdir, data: dict, weights: dict) -> str:
                      "audio": {"weights": str(weights["encodec"])},
                      "text": {"pretrained": str(weights["clip"])}},
         "train": {"preset": "tiny", "gpus": 0, "epochs": 2, "lr": 0.01},
+        "pretrain": {"frames": {"epochs": 2}, "audio": {"epochs": 5}},
         "evaluate": {"null_shifts": 20},
     }
     path = workdir / "config" / "sherlock_like.yaml"

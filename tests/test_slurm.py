@@ -64,7 +64,7 @@ def test_demo_on_slurm_every_job_submitted_and_training_resumes_after_a_signal(s
     # Without audio: EnCodec on the CPU is the slowest job and adds nothing SLURM-specific. Two subjects:
     # their normalize_fmri jobs (one per subject, as with three) run side by side on the node's 2 CPUs.
     small = SMALL_DEMO + ["demo.n_subjects=2", "stimulus.frames.width=32", "stimulus.frames.height=18",
-                          "stimulus.audio.enabled=false", "train.epochs=25",
+                          "stimulus.audio.enabled=false", "train.epochs=25", "pretrain.frames.epochs=2",
                           "train.early_stopping_patience=0", "train.checkpoint.every_steps=5"]
     overlay = write_overlay(workflow_copy, small)
     profile = local_cluster_profile(workflow_copy)

@@ -48,7 +48,7 @@ def test_dry_run_on_the_default_config(workflow_copy):
     assert result.returncode == 0, result.stderr
     # The whole plan, every subject's z-scoring included: no checkpoint hides a part of it.
     assert planned_jobs(result) == {"demo_dataset": 1, "extract_frames": 1, "encode_audio": 1, "embed_text": 1,
-                                    "fmri_mask": 1, "plan_split": 1, "normalize_fmri": 4, "average_fmri": 1,
+                                    "pretrain_frames": 1, "pretrain_audio": 1, "fmri_mask": 1, "plan_split": 1, "normalize_fmri": 4, "average_fmri": 1,
                                     "assemble_dataset": 1, "train": 1, "baseline_ridge": 1, **MODEL_READERS,
                                     "all": 1}
 
@@ -59,6 +59,15 @@ def test_a_disabled_modality_leaves_the_dag(workflow_copy):
     assert result.returncode == 0, result.stdout + result.stderr
     jobs = planned_jobs(result)
     assert "encode_audio" not in jobs and jobs["extract_frames"] == 1 and jobs["embed_text"] == 1
+    assert "pretrain_audio" not in jobs and jobs["pretrain_frames"] == 1
+
+
+def test_without_pretraining_the_model_learns_from_the_brain_alone(workflow_copy):
+    overlay = write_overlay(workflow_copy, ["pretrain.enabled=false"], "no_pretraining.yaml")
+    result = snakemake(workflow_copy, "-n", "--configfile", overlay)
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = planned_jobs(result)
+    assert "pretrain_frames" not in jobs and "pretrain_audio" not in jobs and jobs["train"] == 1
 
 
 def test_mistyped_config_key_stops_snakemake_naming_the_key(workflow_copy):
@@ -102,7 +111,9 @@ def test_demo_through_snakemake_and_only_stale_stages_rerun(finished_demo, tmp_p
     results = workflow_copy / "results"
     assert sorted(p.name for p in (results / "fmri").glob("sub-*_z.npy")) == [f"sub-0{k}_z.npy" for k in (1, 2, 3)]
     manifest = json.loads((results / "dataset" / "manifest.json").read_text())
-    assert manifest["n_voxels"] == 3666 and set(manifest["modalities"]) == {"frames", "audio", "text"}
+    assert manifest["n_voxels"] == 3666
+    assert set(manifest["modalities"]) == {"frames", "audio", "text", "frame_latents", "audio_latents"}
+    assert manifest["arrays"]["frame_latents"]["shape"] == [100, 4, 16]
     assert manifest["arrays"]["frames"]["shape"] == [100, 4, 18, 32, 3]
     assert (results / "train" / "model.pt").exists() and list((results / "train" / "tensorboard").glob("events.*"))
     assert "giblet.demo.generate" in (results / "logs" / "demo_dataset.log").read_text()
@@ -123,7 +134,12 @@ def test_demo_through_snakemake_and_only_stale_stages_rerun(finished_demo, tmp_p
     # One stage's parameter changed: that stage and what reads it rerun, nothing else.
     changed = write_overlay(workflow_copy, small + ["stimulus.frames.frame_skip=5"], "skip.yaml")
     assert planned_jobs(snakemake(workflow_copy, "--configfile", changed, "-n")) == {
-        "extract_frames": 1, "assemble_dataset": 1, "train": 1, "baseline_ridge": 1, **MODEL_READERS, "all": 1}
+        "extract_frames": 1, "pretrain_frames": 1, "assemble_dataset": 1, "train": 1, "baseline_ridge": 1,
+        **MODEL_READERS, "all": 1}
+    # A pretraining key reruns that pretraining and what reads its latents, not the other one.
+    repretrained = write_overlay(workflow_copy, small + ["pretrain.audio.latent_dim=8"], "pretrain.yaml")
+    assert planned_jobs(snakemake(workflow_copy, "--configfile", repretrained, "-n")) == {
+        "pretrain_audio": 1, "assemble_dataset": 1, "train": 1, "baseline_ridge": 1, **MODEL_READERS, "all": 1}
     # A training parameter reruns training and what reads the model; not the data, not the ridge baseline.
     relearn = write_overlay(workflow_copy, small + ["train.lr=0.002"], "lr.yaml")
     assert planned_jobs(snakemake(workflow_copy, "--configfile", relearn, "-n")) == {"train": 1, **MODEL_READERS,
@@ -150,13 +166,20 @@ def test_demo_through_snakemake_and_only_stale_stages_rerun(finished_demo, tmp_p
         f.write("\n# an edit\n")
     assert planned_jobs(snakemake(workflow_copy, "--configfile", overlay, "-n", pythonpath=edited)) == {
         "average_fmri": 1, "assemble_dataset": 1, "train": 1, "baseline_ridge": 1, **MODEL_READERS, "all": 1}
+    # The brain model's code changed: training and its readers rerun, never the stimulus pretraining.
+    shutil.copy2(Path(giblet.__file__).parent / "fmri" / "group.py", edited / "giblet" / "fmri" / "group.py")
+    with open(edited / "giblet" / "model" / "autoencoder.py", "a") as f:
+        f.write("\n# an edit\n")
+    assert planned_jobs(snakemake(workflow_copy, "--configfile", overlay, "-n", pythonpath=edited)) == {
+        "train": 1, **MODEL_READERS, "all": 1}
     # The movie's content changed: the features and the split rerun, and the z-scoring that fits on the
     # split's training block; not the demo or the mask. The dry run shows the whole plan, and the run
     # executes exactly it.
     with open(results / "demo" / "movie.mp4", "ab") as f:
         f.write(b"\0" * 64)  # trailing bytes: a new file as far as Snakemake can tell, still decodable
     planned = planned_jobs(snakemake(workflow_copy, "--configfile", overlay, "-n"))
-    assert planned == {"extract_frames": 1, "encode_audio": 1, "embed_text": 1, "plan_split": 1, "normalize_fmri": 3,
+    assert planned == {"extract_frames": 1, "encode_audio": 1, "embed_text": 1, "pretrain_frames": 1,
+                       "pretrain_audio": 1, "plan_split": 1, "normalize_fmri": 3,
                        "average_fmri": 1, "assemble_dataset": 1, "train": 1, "baseline_ridge": 1, **MODEL_READERS,
                        "all": 1}
     rerun = snakemake(workflow_copy, "--configfile", overlay)

@@ -6,34 +6,11 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from giblet.model.config import BrainAutoencoderConfig
 from giblet.model.decoders import Bottleneck, CodeHead, FrameHead, TextHead
 from giblet.model.latent_decoder import LatentDecoder
 from giblet.model.encoders import (CausalTemporal, CodeEncoder, FrameEncoder, FrameFeatureEncoder, HemodynamicFilters,
                                    ModalityFeatures, TextEncoder)
-from giblet.timing import decode_delay_trs, decode_window_trs
-
-# Widths/depths. ``tiny`` trains on CPU in CI (~1 M parameters excluding the V-sized layers).
-# Every preset concatenates the modalities' features, gives each modality a residual MLP
-# (``modality_hidden``) and the pairwise products of an ``interactions``-dimensional projection, filters
-# every feature with learned hemodynamic filters, and trains through the brain's ``fmri_rank``
-# leading principal components (see BrainAutoencoder). Measured for ``tiny`` on the Sherlock-sized
-# benchmark's validation block (seed 0, 4 mm): fraction of the ceiling 0.40 (sum + conv stack, dim 32)
-# -> 0.54 (concat + HRF filters) -> 0.59 (+ MLP, interactions, principal components). ``base`` and
-# ``large`` scale the same design; they have not been measured here (no GPU).
-MODEL_PRESETS: dict[str, dict] = {
-    "tiny": {"dim": 64, "frame_channels": [8, 16, 32], "frame_stem": 4, "code_depth": 1, "temporal_depth": 2, "kernel_size": 3,
-             "hidden": 64, "frame_head_channels": 16, "frame_head_up": 3, "code_rank": 8, "dropout": 0.1,
-             "fusion": "concat", "temporal": "hrf", "hrf_filters": 2, "modality_hidden": 128, "interactions": 8,
-             "fmri_rank": 64},
-    "base": {"dim": 256, "frame_channels": [32, 64, 128, 256], "frame_stem": 2, "code_depth": 2, "temporal_depth": 4,
-             "kernel_size": 3, "hidden": 512, "frame_head_channels": 128, "frame_head_up": 3, "code_rank": 32,
-             "dropout": 0.1, "fusion": "concat", "temporal": "hrf", "hrf_filters": 2, "modality_hidden": 512,
-             "interactions": 16, "fmri_rank": 256},
-    "large": {"dim": 768, "frame_channels": [64, 128, 256, 512, 768], "frame_stem": 2, "code_depth": 3, "temporal_depth": 6,
-              "kernel_size": 3, "hidden": 1024, "frame_head_channels": 256, "frame_head_up": 4, "code_rank": 64,
-              "dropout": 0.1, "fusion": "concat", "temporal": "hrf", "hrf_filters": 2, "modality_hidden": 1024,
-              "interactions": 24, "fmri_rank": 512},
-}
 
 
 def _checkpointed(module: nn.Module, enabled: bool, *args):
@@ -45,46 +22,26 @@ def _checkpointed(module: nn.Module, enabled: bool, *args):
 class BrainAutoencoder(nn.Module):
     """Encoders per modality -> causal fusion over ``lag`` TRs -> linear to V voxels (the brain) -> decoders.
 
-    ``modalities`` is the manifest's dict (any subset of frames/frame_features/audio/text); hyperparameters are a
-    preset's keys. ``frame_features`` (frozen CLIP image embeddings of the frames) is read and decoded like text:
-    an MLP per frame, and a head that predicts the embeddings, scored by cosine.
+    ``config`` (kept as ``cfg``; :class:`~giblet.model.config.BrainAutoencoderConfig` documents every
+    field): the manifest's modalities (any subset of frames/frame_features/audio/text, or pretrained
+    latents) and the architecture. ``frame_features`` (frozen CLIP image embeddings of the frames) is
+    read and decoded like text: an MLP per frame, and a head that predicts the embeddings, scored by cosine.
     ``fusion``: ``"concat"`` puts the modalities' normalized per-TR features side by side, ``"sum"`` adds
     them. ``temporal``: ``"hrf"`` filters every feature over the window with ``hrf_filters`` learned,
     HRF-initialised filters (:class:`HemodynamicFilters`: linear in time, as BOLD is), ``"conv"`` runs the
     dilated causal conv stack (:class:`CausalTemporal`). ``tr`` (s) places the initial HRF.
     """
 
-    def __init__(self, modalities: dict, n_voxels: int, lag_trs: int, *, preset: str = "tiny",
-                 decode_delay_trs: int = 0, gradient_checkpointing: bool = False, dim: int, frame_channels: list[int], frame_stem: int, code_depth: int,
-                 temporal_depth: int, kernel_size: int, hidden: int, frame_head_channels: int, frame_head_up: int,
-                 code_rank: int, dropout: float, fusion: str = "sum", temporal: str = "conv",
-                 hrf_filters: int = 2, tr: float = 1.5, modality_hidden: int = 0, interactions: int = 0,
-                 fmri_rank: int = 0, renderers: dict | None = None, decode_window_trs: int = 1,
-                 decoder_components: int = 256):
+    def __init__(self, config: BrainAutoencoderConfig):
         super().__init__()
-        unknown = set(modalities) - {"frames", "frame_features", "audio", "text", "frame_latents", "audio_latents"}
-        if unknown or not modalities:
-            raise ValueError("modalities must be a non-empty subset of frames/frame_features/audio/text/"
-                             f"frame_latents/audio_latents, got {sorted(modalities)}")
-        self._config = {"modalities": {k: dict(v) for k, v in modalities.items()}, "n_voxels": int(n_voxels),
-                        "lag_trs": int(lag_trs), "preset": preset, "decode_delay_trs": int(decode_delay_trs), "gradient_checkpointing": bool(gradient_checkpointing),
-                        "dim": dim, "frame_channels": list(frame_channels), "frame_stem": frame_stem,
-                        "code_depth": code_depth,
-                        "temporal_depth": temporal_depth, "kernel_size": kernel_size, "hidden": hidden,
-                        "frame_head_channels": frame_head_channels, "frame_head_up": frame_head_up,
-                        "code_rank": code_rank, "dropout": float(dropout), "fusion": fusion,
-                        "temporal": temporal, "hrf_filters": int(hrf_filters), "tr": float(tr),
-                        "modality_hidden": int(modality_hidden), "interactions": int(interactions),
-                        "fmri_rank": int(fmri_rank), "renderers": {k: dict(v) for k, v in (renderers or {}).items()},
-                        "decode_window_trs": int(decode_window_trs), "decoder_components": int(decoder_components)}
-        self.modalities, self.n_voxels, self.lag = self._config["modalities"], int(n_voxels), int(lag_trs)
-        if not 0 <= decode_delay_trs < self.lag:
-            raise ValueError(f"decode_delay_trs={decode_delay_trs} must be in [0, lag_trs={self.lag})")
+        c = self.cfg = config
+        modalities = c.modalities
+        self.modalities, self.n_voxels, self.lag = modalities, c.n_voxels, c.lag_trs
         # The decoders reconstruct the stimulus that drove the brain most: ``decode_delay_trs`` before
         # the window's last TR (the hemodynamic peak), not the last TR itself, which the brain at the
         # target has barely begun to respond to.
-        self.decode_index = -1 - int(decode_delay_trs)
-        self.gradient_checkpointing = bool(gradient_checkpointing)
+        self.decode_index = -1 - c.decode_delay_trs
+        self.gradient_checkpointing = c.gradient_checkpointing
         self.encoders, self.heads = nn.ModuleDict(), nn.ModuleDict()
         # With pretrained latents (frame_latents, audio_latents) the encoders read them instead of the
         # pixels and codes, and the decoders are the closed-form LatentDecoder, not heads learned from
@@ -92,25 +49,25 @@ class BrainAutoencoder(nn.Module):
         self.latent_decoding = any(k in modalities for k in ("frame_latents", "audio_latents"))
         for name in ("frame_latents", "audio_latents"):
             if name in modalities:
-                self.encoders[name] = FrameFeatureEncoder(modalities[name]["dim"], dim)
+                self.encoders[name] = FrameFeatureEncoder(modalities[name]["dim"], c.dim)
         if "frames" in modalities and "frame_latents" not in modalities:
             m = modalities["frames"]
-            self.encoders["frames"] = FrameEncoder(frame_channels, dim, frame_stem)
-            self.heads["frames"] = FrameHead(hidden, m["frames_per_tr"], m["height"], m["width"],
-                                             frame_head_channels, frame_head_up)
+            self.encoders["frames"] = FrameEncoder(c.frame_channels, c.dim, c.frame_stem)
+            self.heads["frames"] = FrameHead(c.hidden, m["frames_per_tr"], m["height"], m["width"],
+                                             c.frame_head_channels, c.frame_head_up)
         if "frame_features" in modalities:
             m = modalities["frame_features"]
-            self.encoders["frame_features"] = FrameFeatureEncoder(m["dim"], dim)
-            self.heads["frame_features"] = TextHead(hidden, m["frames_per_tr"], m["dim"])
+            self.encoders["frame_features"] = FrameFeatureEncoder(m["dim"], c.dim)
+            self.heads["frame_features"] = TextHead(c.hidden, m["frames_per_tr"], m["dim"])
         if "audio" in modalities and "audio_latents" not in modalities:
             m = modalities["audio"]
-            self.encoders["audio"] = CodeEncoder(m["n_q"], m["codebook_size"], dim, depth=code_depth)
-            self.heads["audio"] = CodeHead(hidden, m["n_q"], m["frames_per_tr"], m["codebook_size"], code_rank)
+            self.encoders["audio"] = CodeEncoder(m["n_q"], m["codebook_size"], c.dim, depth=c.code_depth)
+            self.heads["audio"] = CodeHead(c.hidden, m["n_q"], m["frames_per_tr"], m["codebook_size"], c.code_rank)
         if "text" in modalities:
             m = modalities["text"]
-            self.encoders["text"] = TextEncoder(m["dim"], dim)
-            self.heads["text"] = TextHead(hidden, m["k"], m["dim"])
-        self.decode_window = int(decode_window_trs) if self.latent_decoding else 1
+            self.encoders["text"] = TextEncoder(m["dim"], c.dim)
+            self.heads["text"] = TextHead(c.hidden, m["k"], m["dim"])
+        self.decode_window = c.decode_window_trs if self.latent_decoding else 1
         if self.latent_decoding:
             self.heads = nn.ModuleDict()
             targets = {name: (modalities[name]["slots"], modalities[name]["dim"])
@@ -121,7 +78,7 @@ class BrainAutoencoder(nn.Module):
                             if name in modalities})
             frames = modalities.get("frames")
             self.latent_decoder = LatentDecoder(
-                n_voxels, self.decode_window, decoder_components, targets, renderers or {},
+                self.n_voxels, self.decode_window, c.decoder_components, targets, c.renderers,
                 frames_shape=(frames["height"], frames["width"]) if frames else None,
                 code_frames=modalities["audio"]["frames_per_tr"] if "audio" in modalities else None,
                 text_slots=modalities["text"]["k"] if "text" in modalities else None)
@@ -129,29 +86,25 @@ class BrainAutoencoder(nn.Module):
         # embedding is mostly a constant (the background, the average code) with a small per-TR part,
         # and only the per-TR part predicts the brain (without this the encoders' output barely varied
         # across TRs and the fMRI layer learned the mean: validation r = 0.00).
-        self.modality_norms = nn.ModuleDict({name: nn.BatchNorm1d(dim) for name in self.encoders})
-        self.modality_features = nn.ModuleDict({name: ModalityFeatures(dim, modality_hidden, interactions)
+        self.modality_norms = nn.ModuleDict({name: nn.BatchNorm1d(c.dim) for name in self.encoders})
+        self.modality_features = nn.ModuleDict({name: ModalityFeatures(c.dim, c.modality_hidden, c.interactions)
                                                 for name in self.encoders})
         per_modality = next(iter(self.modality_features.values())).out_dim
-        if fusion not in ("sum", "concat"):
-            raise ValueError(f"fusion must be 'sum' or 'concat', not {fusion!r}")
         # concat keeps each modality's features apart: the brain's feature space is their union
         # (a language voxel's conjunctions must not share dimensions with a visual voxel's products).
-        self.fusion = fusion
-        width = per_modality * (len(self.encoders) if fusion == "concat" else 1)
+        self.fusion = c.fusion
+        width = per_modality * (len(self.encoders) if c.fusion == "concat" else 1)
         # Products of standardized features are not standardized: one more normalization puts every
         # feature the hemodynamic filters see on the same scale.
-        self.fused_norm = nn.BatchNorm1d(width) if interactions else nn.Identity()
-        if temporal == "conv":
-            self.temporal = CausalTemporal(width, self.lag, temporal_depth, kernel_size, dropout,
-                                           gradient_checkpointing)
+        self.fused_norm = nn.BatchNorm1d(width) if c.interactions else nn.Identity()
+        if c.temporal == "conv":
+            self.temporal = CausalTemporal(width, self.lag, c.temporal_depth, c.kernel_size, c.dropout,
+                                           c.gradient_checkpointing)
             self.n_features = width
-        elif temporal == "hrf":
-            self.temporal = HemodynamicFilters(width, self.lag, hrf_filters, tr)
-            self.n_features = width * hrf_filters
         else:
-            raise ValueError(f"temporal must be 'conv' or 'hrf', not {temporal!r}")
-        self.drop = nn.Dropout(dropout)
+            self.temporal = HemodynamicFilters(width, self.lag, c.hrf_filters, c.tr)
+            self.n_features = width * c.hrf_filters
+        self.drop = nn.Dropout(c.dropout)
         self.to_fmri = nn.Linear(self.n_features, self.n_voxels)  # the fMRI layer: the prediction of the brain
         # Start from predicting the mean (0 for z-scored data): a random init adds noise of variance
         # ~1/3 per voxel that the first epochs would only spend unlearning.
@@ -161,7 +114,7 @@ class BrainAutoencoder(nn.Module):
         # components (``fmri_basis``, set from the training block and fixed): the encoders learn from
         # the brain's shared, reliable directions instead of 30k-70k noisy voxels each fitted from a
         # few thousand samples. ``to_fmri`` is then derived (:meth:`compose_fmri_layer`), not trained.
-        self.fmri_rank = int(fmri_rank)
+        self.fmri_rank = c.fmri_rank
         if self.fmri_rank:
             self.to_components = nn.Linear(self.n_features, self.fmri_rank)
             nn.init.zeros_(self.to_components.weight)
@@ -169,38 +122,28 @@ class BrainAutoencoder(nn.Module):
             self.register_buffer("fmri_basis", torch.zeros(self.fmri_rank, self.n_voxels))
             self.register_buffer("fmri_mean", torch.zeros(self.n_voxels))
             self.to_fmri.requires_grad_(False)
-        self.bottleneck = None if self.latent_decoding else Bottleneck(self.n_voxels, hidden, dropout)
+        self.bottleneck = None if self.latent_decoding else Bottleneck(self.n_voxels, c.hidden, c.dropout)
 
     # -- construction -------------------------------------------------------------------------------------
     @classmethod
     def from_manifest(cls, manifest: dict, preset: str = "tiny", gradient_checkpointing: bool = False,
                       dropout: float | None = None, **overrides) -> "BrainAutoencoder":
-        """The model for ``manifest``'s data (a :class:`~giblet.data.manifest.Manifest`'s dict); with
-        pretrained latents, ``renderers`` ({kind: autoencoder config}) and the brain window
-        (:func:`giblet.timing.decode_window_trs`) come in as ``overrides`` or from the timing."""
-        if preset not in MODEL_PRESETS:
-            raise ValueError(f"unknown model preset '{preset}' (have {sorted(MODEL_PRESETS)})")
-        params = {**MODEL_PRESETS[preset], **overrides}
+        """The model for ``manifest``'s data (a :class:`~giblet.data.manifest.Manifest`'s dict) with preset
+        ``preset`` (:meth:`BrainAutoencoderConfig.from_manifest`); ``dropout`` None keeps the preset's. With
+        pretrained latents, ``renderers`` ({kind: autoencoder config}) come in as ``overrides``."""
         if dropout is not None:
-            params["dropout"] = dropout
-        delay = decode_delay_trs(manifest["tr"], manifest["lag_trs"]) if "tr" in manifest else 0
-        params.setdefault("decode_delay_trs", delay)
-        if "tr" in manifest:
-            params.setdefault("decode_window_trs", decode_window_trs(manifest["tr"], manifest["lag_trs"]))
-        params.setdefault("tr", float(manifest.get("tr", 1.5)))
-        return cls(manifest["modalities"], manifest["n_voxels"], manifest["lag_trs"], preset=preset,
-                   gradient_checkpointing=gradient_checkpointing, **params)
+            overrides["dropout"] = dropout
+        return cls(BrainAutoencoderConfig.from_manifest(manifest, preset, gradient_checkpointing=gradient_checkpointing,
+                                                        **overrides))
 
     @classmethod
-    def from_config(cls, config: dict) -> "BrainAutoencoder":
-        """Rebuild from :meth:`config` (e.g. as stored in model.pt next to the state dict)."""
-        config = dict(config)
-        return cls(config.pop("modalities"), config.pop("n_voxels"), config.pop("lag_trs"), **config)
+    def from_config(cls, config: dict | BrainAutoencoderConfig) -> "BrainAutoencoder":
+        """Rebuild from :meth:`config` (e.g. as stored in model.pt next to the state dict) or from the dataclass."""
+        return cls(config if isinstance(config, BrainAutoencoderConfig) else BrainAutoencoderConfig.from_dict(config))
 
     def config(self) -> dict:
-        """Everything needed to rebuild this model (JSON-serializable)."""
-        return {**self._config, "modalities": {k: dict(v) for k, v in self._config["modalities"].items()},
-                "frame_channels": list(self._config["frame_channels"])}
+        """Everything needed to rebuild this model (JSON-serializable): :meth:`BrainAutoencoderConfig.to_dict`."""
+        return self.cfg.to_dict()
 
     # -- the two halves -----------------------------------------------------------------------------------
     def encode(self, batch: dict) -> torch.Tensor:
@@ -310,4 +253,4 @@ class BrainAutoencoder(nn.Module):
         return sum(p.numel() for p in self.parameters() if not (exclude_voxel_layers and id(p) in skip))
 
 
-__all__ = ["MODEL_PRESETS", "BrainAutoencoder"]
+__all__ = ["BrainAutoencoder"]
