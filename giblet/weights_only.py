@@ -27,4 +27,25 @@ def load_weights_only(path: str | Path):
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
-__all__ = ["load_weights_only"]
+def read_giblet_file(path: str | Path, file_format: str, missing: str, unreadable: str, other: str) -> dict:
+    """The dict giblet saved at ``path`` with ``{"format": file_format, ...}``, read weights-only.
+
+    Raises :class:`~giblet.errors.InputError` naming the file: ``no such <missing>`` when it is absent,
+    ``cannot be read as <unreadable> (...)`` when it is truncated, corrupt or not a torch file, and
+    ``is not <other> (expected format ...)`` when it holds something else.
+    """
+    from giblet.errors import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, f"no such {missing}")
+    try:
+        saved = load_weights_only(path)
+    except Exception as error:  # noqa: BLE001 - truncated, corrupt, or not a torch file at all
+        raise InputError(path, f"cannot be read as {unreadable} ({type(error).__name__}: {error})") from error
+    if not isinstance(saved, dict) or saved.get("format") != file_format:
+        raise InputError(path, f"is not {other} (expected format {file_format!r})")
+    return saved
+
+
+__all__ = ["load_weights_only", "read_giblet_file"]

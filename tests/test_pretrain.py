@@ -153,3 +153,24 @@ def test_pretraining_resumes_bitwise_after_sigkill_and_writes_latents(kind, stim
     quality = info["quality"]
     key = "relative_mse" if kind == "frames" else "relative_cross_entropy"
     assert 0 < quality[key] < 1.5   # measured against the mean frame (the code frequencies)
+
+
+def test_an_unusable_autoencoder_file_is_an_input_error_naming_it(tmp_path):
+    from giblet.autoencoders.file import write_autoencoder
+    from giblet.errors import InputError
+
+    with pytest.raises(InputError, match="no such autoencoder file") as missing:
+        load_autoencoder(tmp_path / "autoencoder.pt")
+    assert str(tmp_path / "autoencoder.pt") in str(missing.value)
+    (tmp_path / "broken.pt").write_bytes(b"not a torch file")
+    with pytest.raises(InputError, match="cannot be read as an autoencoder"):
+        load_autoencoder(tmp_path / "broken.pt")
+    model = FrameAutoencoder(FrameAutoencoderConfig(height=12, width=20, latent_dim=4, channels=4, hidden=8))
+    write_autoencoder(tmp_path / "frames.pt", "frames", model, model.state_dict())
+    with pytest.raises(InputError, match="holds a 'frames' autoencoder, not 'audio'"):
+        load_autoencoder(tmp_path / "frames.pt", "audio")
+    loaded, info = load_autoencoder(tmp_path / "frames.pt", "frames")
+    assert info["config"] == model.config.to_dict() and not any(p.requires_grad for p in loaded.parameters())
+    torch.save({"format": "something else"}, tmp_path / "other.pt")
+    with pytest.raises(InputError, match="is not a giblet stimulus autoencoder"):
+        load_autoencoder(tmp_path / "other.pt")

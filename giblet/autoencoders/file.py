@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from giblet.errors import InputError
-from giblet.weights_only import load_weights_only
+from giblet.weights_only import read_giblet_file
 from giblet.autoencoders.kinds import build_autoencoder
 
 AUTOENCODER_FORMAT = "giblet.stimulus_autoencoder/1"
@@ -50,14 +50,8 @@ def load_autoencoder(path: str | Path, kind: str | None = None) -> tuple[nn.Modu
     another ``kind`` than asked for.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such autoencoder file: run its pretraining stage first")
-    try:
-        saved = load_weights_only(path)
-    except Exception as error:  # noqa: BLE001 - truncated, corrupt, or not a torch file at all
-        raise InputError(path, f"cannot be read as an autoencoder ({type(error).__name__}: {error})") from error
-    if not isinstance(saved, dict) or saved.get("format") != AUTOENCODER_FORMAT:
-        raise InputError(path, f"is not a giblet stimulus autoencoder (expected format {AUTOENCODER_FORMAT!r})")
+    saved = read_giblet_file(path, AUTOENCODER_FORMAT, "autoencoder file: run its pretraining stage first",
+                             "an autoencoder", "a giblet stimulus autoencoder")
     if kind is not None and saved.get("kind") != kind:
         raise InputError(path, f"holds a {saved.get('kind')!r} autoencoder, not {kind!r}")
     model = build_autoencoder(saved["kind"], saved["config"])

@@ -15,7 +15,8 @@ _CASTS = {"int": int, "float": float, "bool": bool}
 
 @dataclass(frozen=True, kw_only=True)
 class ModelSize:
-    """The architecture fields of :class:`BrainAutoencoderConfig` a preset sets (meanings and units there)."""
+    """The architecture fields of :class:`BrainAutoencoderConfig` a preset sets (meanings and units there).
+    The defaults are those of the model before a field existed, so older model.pt files rebuild."""
 
     dim: int
     frame_channels: tuple[int, ...]
@@ -28,12 +29,12 @@ class ModelSize:
     frame_head_up: int
     code_rank: int
     dropout: float
-    fusion: str
-    temporal: str
-    hrf_filters: int
-    modality_hidden: int
-    interactions: int
-    fmri_rank: int
+    fusion: str = "sum"
+    temporal: str = "conv"
+    hrf_filters: int = 2
+    modality_hidden: int = 0
+    interactions: int = 0
+    fmri_rank: int = 0
 
 
 # ``tiny`` trains on CPU in CI (~1 M parameters excluding the V-sized layers).
@@ -60,7 +61,7 @@ PRESETS: dict[str, ModelSize] = {
 
 
 @dataclass(frozen=True, kw_only=True)
-class BrainAutoencoderConfig:
+class BrainAutoencoderConfig(ModelSize):
     """Everything that builds a :class:`~giblet.model.BrainAutoencoder` (stored in model.pt as
     :meth:`to_dict`, the model's ``config()``).
 
@@ -150,23 +151,6 @@ class BrainAutoencoderConfig:
     renderers: dict[str, dict] = field(default_factory=dict)
 
     preset: str = "tiny"
-    dim: int
-    frame_channels: tuple[int, ...]
-    frame_stem: int
-    code_depth: int
-    temporal_depth: int
-    kernel_size: int
-    hidden: int
-    frame_head_channels: int
-    frame_head_up: int
-    code_rank: int
-    dropout: float
-    fusion: str = "sum"
-    temporal: str = "conv"
-    hrf_filters: int = 2
-    modality_hidden: int = 0
-    interactions: int = 0
-    fmri_rank: int = 0
     decoder_components: int = 256
     gradient_checkpointing: bool = False
 

@@ -38,7 +38,7 @@ import torch
 
 from giblet.errors import InputError
 from giblet.model.autoencoder import BrainAutoencoder
-from giblet.weights_only import load_weights_only
+from giblet.weights_only import read_giblet_file
 
 MODEL_FORMAT = "giblet.model/1"
 # Keys every model.pt must hold as dicts (the rest is provenance; readers use .get()).
@@ -67,14 +67,8 @@ def read_model_file(path: str | Path) -> dict:
         :data:`MODEL_FORMAT`, or without ``model_config``/``state_dict``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such model file: run the train stage first")
-    try:
-        saved = load_weights_only(path)
-    except Exception as error:  # noqa: BLE001 - truncated, corrupt, or not a torch file at all
-        raise InputError(path, f"cannot be read as a model file ({type(error).__name__}: {error})") from error
-    if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
-        raise InputError(path, f"is not a giblet model (expected format {MODEL_FORMAT!r})")
+    saved = read_giblet_file(path, MODEL_FORMAT, "model file: run the train stage first", "a model file",
+                             "a giblet model")
     missing = [k for k in REQUIRED if not isinstance(saved.get(k), dict)]
     if missing:
         raise InputError(path, f"giblet model without {', '.join(missing)}")
