@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 
 @dataclass(frozen=True)
@@ -141,10 +140,5 @@ def chunk_codes(codes: torch.Tensor, chunk_frames: int) -> torch.Tensor:
     return codes[:, :, :s * chunk_frames].reshape(t, n_q, s, chunk_frames).permute(0, 2, 1, 3)
 
 
-def code_cross_entropy(logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of ``logits`` ``(N, n_q, L, C)`` against ``codes`` ``(N, n_q, L)``, in nats."""
-    return F.cross_entropy(logits.flatten(0, 2).float(), codes.flatten().long())
-
-
 __all__ = ["CodeAutoencoder", "CodeAutoencoderConfig", "chunk_codes", "code_autoencoder_loss", "code_counts",
-           "code_cross_entropy", "rare_code_weights"]
+           "rare_code_weights"]

@@ -63,7 +63,6 @@ class Pretrainer(Engine):
             raise ValueError(f"unknown pretraining kind {kind!r}")
         self.kind, self.stimulus, self.movie, self.tr = kind, Path(stimulus), movie, float(tr)
         self.STAGE = f"pretrain_{kind}"
-        self.progress = progress
         super().__init__(stimulus, out_dir, params, progress)
 
     # -- the task ----------------------------------------------------------------------------------
