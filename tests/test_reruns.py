@@ -15,7 +15,7 @@ that project folder (mtimes preserved, ``.snakemake/`` included).
 |---|---|---|
 | replaces one subject's BOLD with new content | `fmri_mask`, `plan_split`, `normalize_fmri` (every subject: the mask is rebuilt), `average_fmri`, `assemble_dataset` | `extract_frames`, `embed_text` |
 | touches one subject's BOLD (`touch`, content unchanged) | the same as a new BOLD (Snakemake goes by modification times); the z arrays come out identical | `extract_frames`, `embed_text` |
-| replaces the movie (a different movie of the same duration) | `extract_frames`, `encode_audio` (when on), `embed_text`, `plan_split`, `normalize_fmri` (every subject), `average_fmri`, `assemble_dataset`; the z arrays come out identical (the training block did not move) | `fmri_mask` |
+| replaces the movie (a different movie of the same duration) | `extract_frames`, `encode_audio` (when on), `embed_text`, `pretrain_frames` (and `pretrain_audio` when audio is on), `plan_split`, `normalize_fmri` (every subject), `average_fmri`, `assemble_dataset`; the z arrays come out identical (the training block did not move) | `fmri_mask` |
 | edits the annotation table | `embed_text`, `assemble_dataset` | `extract_frames`, `plan_split`, the fMRI stages |
 | edits the mask file of `fmri.mask: <path>` | `fmri_mask`, `plan_split`, `normalize_fmri` (every subject), `average_fmri`, `assemble_dataset` | `extract_frames`, `embed_text` |
 | copies the whole project folder (`cp -r`, new mtimes; `results/` and `.snakemake/` with it) and runs there | nothing, or a correct complete rerun: whatever the dry run plans, and the results equal the original's | |
@@ -68,7 +68,7 @@ SUBJECTS = ["01", "02"]  # the demo's sub-03 is the subject a user adds (scenari
 # What each kind of change reruns (the docstring's table); rule -> job count.
 FMRI_CHAIN = {"fmri_mask": 1, "plan_split": 1, "normalize_fmri": len(SUBJECTS), "average_fmri": 1,
               "assemble_dataset": 1}
-STIMULUS = {"extract_frames", "embed_text"}
+STIMULUS = {"extract_frames", "embed_text", "pretrain_frames"}
 
 
 def overlay(subjects: list[str], clip: Path) -> dict:
@@ -79,6 +79,7 @@ def overlay(subjects: list[str], clip: Path) -> dict:
         "fmri": {"mask": "data/mask.nii.gz"},
         "stimulus": {"frames": {"width": 32, "height": 18}, "audio": {"enabled": False},
                      "text": {"pretrained": str(clip)}},
+        "pretrain": {"frames": {"epochs": 2}},
     }
 
 
@@ -126,7 +127,7 @@ def finished(small_demo, weights, tmp_path_factory) -> dict:
     config = write_config(project, SUBJECTS, weights["clip"])
     result = snakemake(project, TARGET, "--configfile", config)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
-    assert ran_jobs(result) == {**FMRI_CHAIN, "extract_frames": 1, "embed_text": 1}
+    assert ran_jobs(result) == {**FMRI_CHAIN, "extract_frames": 1, "embed_text": 1, "pretrain_frames": 1}
     assert planned_jobs(snakemake(project, TARGET, "--configfile", config, "-n")) == {}
     return {"project": project, "config": config, "outputs": outputs(project), "clip": weights["clip"]}
 
@@ -208,8 +209,8 @@ def write_other_movie(path: Path, small_demo: dict) -> None:
 def test_a_replaced_movie_reruns_the_features_and_leaves_the_fmri_results_unchanged(project, finished, small_demo):
     write_other_movie(project / "data" / "movie.mp4", small_demo)
     ran = rerun(project, finished["config"])
-    assert ran == {"extract_frames": 1, "embed_text": 1, "plan_split": 1, "normalize_fmri": len(SUBJECTS),
-                   "average_fmri": 1, "assemble_dataset": 1}
+    assert ran == {"extract_frames": 1, "embed_text": 1, "pretrain_frames": 1, "plan_split": 1,
+                   "normalize_fmri": len(SUBJECTS), "average_fmri": 1, "assemble_dataset": 1}
     after, before = outputs(project), finished["outputs"]
     assert after["stimulus/frames.npy"] != before["stimulus/frames.npy"]
     assert after["stimulus/text.npy"] == before["stimulus/text.npy"]  # same annotations, same clock
