@@ -191,8 +191,10 @@ def _pretrain(section: dict, samples_mb: float, epoch_s: float) -> dict:
     """A pretraining job: its samples in memory (per process), an epoch's seconds on 2 CPU cores times
     the epochs (a GPU is far faster; the request stays a safe upper bound), its GPUs."""
     gpus = section["gpus"]
+    # At least an hour: the SLURM profile signals USR1 600 s before the limit (save, exit 75, resubmit),
+    # so a shorter allocation would be told to stop as it starts.
     return {"mem_mb": _mb(3000 * max(1, gpus), 2 * max(1, gpus) * samples_mb),
-            "runtime": _minutes(section["epochs"] * epoch_s), "gpus": gpus}
+            "runtime": _minutes(section["epochs"] * epoch_s, floor=60), "gpus": gpus}
 
 
 CPUS_PER_GPU = 8  # a training job's CPUs beside each GPU: data loading and the torchrun process

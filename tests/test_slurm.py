@@ -34,7 +34,8 @@ def local_cluster_profile(workdir: Path) -> str:
     (workdir / "profiles" / "slurm" / "partitions.yaml").write_text(yaml.safe_dump(partitions))
     for rule in STAGES:
         profile["set-resources"].setdefault(rule, {}).update(mem_mb=1500, runtime=10)
-    profile["set-resources"]["train"]["runtime"] = 30  # longer than the USR1 lead time (600 s)
+    for rule in ("train", "pretrain_frames", "pretrain_audio"):  # the jobs the profile signals USR1@600
+        profile["set-resources"][rule]["runtime"] = 30  # longer than the USR1 lead time (600 s)
     # One CPU per job: this node's 2 CPUs run two jobs at once, as a cluster runs jobs side by side.
     profile.update({"jobs": 4, "max-threads": 1, "latency-wait": 5,
                     # no slurmdbd here: sacct cannot answer, squeue can; status checks 1 s after a job
@@ -92,7 +93,7 @@ def test_demo_on_slurm_every_job_submitted_and_training_resumes_after_a_signal(s
     # Every job but the local rules (seconds of work) went through sbatch, and SLURM saw each one end.
     submitted = [(int(job), rule) for job, rule in SUBMITTED.findall(output)]
     rules = sorted(rule for _, rule in submitted)
-    assert rules == sorted(["demo_dataset", "extract_frames", "embed_text", "fmri_mask",
+    assert rules == sorted(["demo_dataset", "extract_frames", "embed_text", "pretrain_frames", "fmri_mask",
                             "normalize_fmri", "normalize_fmri", "average_fmri",
                             "assemble_dataset", "train", "train", "baseline_ridge",
                             "evaluate", "plot_reconstructions", "lesion"])

@@ -1,4 +1,10 @@
-"""The brain autoencoder: stimulus window -> fMRI layer (V voxels) -> reconstructed stimulus of the last TR."""
+"""The brain autoencoder: stimulus window -> fMRI layer (V voxels) -> reconstructed stimulus.
+
+With pretrained latents (the default pipeline) the encoders read the frame and code autoencoders'
+latents and the decoders are :class:`~giblet.model.latent_decoder.LatentDecoder` (brain window ->
+latents by ridge, drawn by the frozen autoencoders); without them the encoders read pixels and codes
+and the decoders are heads learned from the brain (:mod:`giblet.model.decoders`).
+"""
 
 from __future__ import annotations
 
