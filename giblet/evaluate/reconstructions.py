@@ -29,6 +29,7 @@ import numpy as np
 from giblet.data.manifest import Manifest
 from giblet.errors import InputError
 from giblet.evaluate import metrics as M
+from giblet.evaluate.decoded_file import DECODED_NAME, write_decoded
 from giblet.evaluate.decoding_identification import frame_grid_identification
 from giblet.evaluate.decoding_metrics import code_metrics, frame_metrics, text_metrics, unit_rows
 from giblet.evaluate.ceiling import load_ceiling
@@ -39,28 +40,6 @@ from giblet.files import atomic_output_dir, jsonable
 log = logging.getLogger(__name__)
 
 OUTPUT_NAMES = ("video.png", "audio.png", "decoded.wav", "text.png", "fmri.png", "decoded_test.npz")
-DECODED_NAME = "decoded_test.npz"
-
-
-def write_decoded(path: Path, stim_trs: np.ndarray, decoded: dict) -> list[str]:
-    """``decoded_test.npz``: every test row's decoded stimulus, to score without the model.
-
-    ``trs`` (N,) int64: the movie (stimulus) TR each row reconstructs; ``frames`` (N, F, H, W, 3) uint8;
-    ``codes`` (N, n_q, Fa) int16 (the most probable code of each frame); ``text`` (N, k, d) float32 (and
-    ``frame_features`` (N, F, d) float32), for the modalities the model decodes. Returns its keys.
-    """
-    arrays = {"trs": np.asarray(stim_trs, np.int64)}
-    if "frames" in decoded:
-        arrays["frames"] = np.clip(np.round(np.asarray(decoded["frames"]) * 255.0), 0, 255).astype(np.uint8)
-    if "code_logits" in decoded:
-        arrays["codes"] = np.asarray(decoded["code_logits"]).argmax(-1).astype(np.int16)
-    for key in ("text", "frame_features"):
-        if key in decoded:
-            arrays[key] = np.asarray(decoded[key], np.float32)
-    np.savez_compressed(path, **arrays)
-    return sorted(arrays)
-
-
 # ---------------------------------------------------------------------------------------------
 # Video
 
