@@ -336,3 +336,21 @@ def test_windows_sharing_trs_encode_each_tr_once_with_the_same_result():
     shared = m.encode({**batch, "stimulus_trs": torch.tensor([[s + j for j in range(length)] for s in starts])})
     torch.testing.assert_close(shared, per_window, rtol=1e-5, atol=1e-5)
     assert calls == [len(starts) * length, length + 2]    # 24 window slots, 8 distinct TRs
+
+
+def test_feature_groups_name_the_modality_each_feature_column_comes_from():
+    """Changing one modality's input changes exactly the columns feature_groups gives that modality."""
+    m = model().eval()
+    groups = m.feature_groups()
+    batch = make_batch()
+    with torch.no_grad():
+        base = m.features(batch)
+        assert groups.shape == (base.shape[1],)
+        for index, (name, key) in enumerate((("frames", "frames"), ("audio", "codes"), ("text", "text"))):
+            assert list(m.encoders)[index] == name
+            changed = dict(batch)
+            changed[key] = make_batch(seed=1)[key]
+            moved = (m.features(changed) - base).abs().amax(dim=0) > 0
+            assert torch.equal(moved, torch.from_numpy(groups == index))
+    assert model(fusion="sum").feature_groups() is None
+    assert model(temporal="conv").feature_groups() is None

@@ -177,3 +177,56 @@ def test_fmri_rank_trains_through_the_principal_components_and_composes_the_fmri
     model.compose_fmri_layer()
     model.eval()
     torch.testing.assert_close(model.encode(batch), trained, rtol=1e-5, atol=1e-5)
+
+
+def test_banded_ridge_weights_are_himalayas_banded_ridge_as_a_linear_layer():
+    """The weights reproduce himalaya's own prediction on raw (uncentred) features, and a useless band is
+    weighted down."""
+    from himalaya.ridge import BandedRidgeCV
+
+    from giblet.train.readout import banded_ridge_weights
+
+    rng = np.random.default_rng(3)
+    n, v = 240, 12
+    X = rng.standard_normal((n + 60, 30)) * rng.uniform(0.2, 3, 30) + rng.uniform(-3, 3, 30)
+    groups = np.array([0] * 6 + [1] * 24)
+    Y = (X[:, :6] @ rng.standard_normal((6, v)) + 2.0 * rng.standard_normal((n + 60, v))).astype(np.float32)
+    alphas = np.logspace(-2, 4, 13)
+    weight, bias, deltas = banded_ridge_weights(X[:n], Y[:n], groups, np.arange(n), lag_trs=2, alphas=alphas,
+                                                n_iter=15)
+    reference = BandedRidgeCV(groups=groups, solver="random_search", fit_intercept=True, random_state=0,
+                              cv=blocked_cv(np.arange(n), 5, 2),
+                              solver_params={"n_iter": 15, "alphas": alphas.astype(np.float32), "progress_bar": False})
+    reference.fit((X[:n] - X[:n].mean(0)).astype(np.float32), Y[:n])
+    expected = np.asarray(reference.predict((X[n:] - X[:n].mean(0)).astype(np.float32)))
+    np.testing.assert_allclose(X[n:] @ weight.T.astype(np.float64) + bias, expected, rtol=1e-3, atol=2e-3)
+    assert weight.shape == (v, 30) and deltas.shape == (2, v)
+    assert np.median(deltas[0] - deltas[1]) > 2
+
+
+def test_recalibrated_batch_norm_holds_the_exact_statistics_of_the_windows():
+    """After a few momentum updates the running variance is still mostly its initial 1; recalibration
+    makes it the features' own mean and (unbiased) variance over every window, as numpy computes them."""
+    from giblet.train.readout import recalibrate_batch_norm
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = torch.nn.BatchNorm1d(3)
+
+        def features(self, batch):
+            return self.norm(batch["x"])
+
+    rng = np.random.default_rng(4)
+    data = (rng.standard_normal((64, 3)) * [0.02, 1.0, 5.0] + [1.0, -2.0, 0.0]).astype(np.float32)
+    model = Model()
+    model.train()
+    model.features({"x": torch.from_numpy(data[:16])})   # one training step's update: momentum 0.1
+    assert model.norm.running_var[0] > 0.5
+    batches = recalibrate_batch_norm(model, data, lambda ds, rows, device: {"x": torch.from_numpy(ds[rows])},
+                                     "cpu", batch_size=16)
+    assert batches == 4 and not model.training and model.norm.momentum == 0.1
+    # cumulative averages of the 4 equal batches' statistics
+    parts = data.reshape(4, 16, 3)
+    np.testing.assert_allclose(model.norm.running_mean.numpy(), parts.mean(1).mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.norm.running_var.numpy(), parts.var(1, ddof=1).mean(0), rtol=1e-4)

@@ -238,7 +238,8 @@ def test_asking_for_more_gpus_than_visible_fails_before_training(bundle, tmp_pat
 
 
 def test_model_pt_holds_the_best_validation_weights_with_a_ridge_fmri_layer(uninterrupted_dir):
-    """The encoders of the validation with the best reliable-voxel r; the fMRI layer refitted by ridge."""
+    """The encoders of the validation with the best reliable-voxel r; the batch-norm statistics recomputed
+    and the fMRI layer refitted by banded ridge."""
     saved = torch.load(uninterrupted_dir / "model.pt", weights_only=False)
     history = final_state(uninterrupted_dir)["history"]
     validations = [h for h in history if SELECTION_KEY in h]
@@ -247,12 +248,18 @@ def test_model_pt_holds_the_best_validation_weights_with_a_ridge_fmri_layer(unin
     best = min(validations, key=lambda h: h[SELECTION_KEY])
     assert {k: saved["weights"][k] for k in ("weights", "step", "epoch")} == \
         {"weights": "best", "step": best["step"], "epoch": best["epoch"]}
-    assert saved["weights"]["readout"]["readout"] == "ridge"
+    readout = saved["weights"]["readout"]
+    assert readout["readout"] == "banded" and readout["batch_norm"]["recalibrated_on"] == "train"
+    assert set(readout["log_scaling_median"]) == set(saved["model_config"]["modalities"])
     assert saved["best_val_loss"] == best[SELECTION_KEY]
     epoch_file = uninterrupted_dir / "checkpoints" / "epoch" / f"epoch-{best['epoch']:04d}.pt"
     reference = torch.load(epoch_file, weights_only=False)["model"]
-    assert all(torch.equal(saved["state_dict"][k], reference[k]) for k in reference if not k.startswith("to_fmri."))
+    statistics = {k for k in reference if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    assert statistics and all(torch.equal(saved["state_dict"][k], reference[k]) for k in reference
+                              if not k.startswith("to_fmri.") and k not in statistics)
     assert not torch.equal(saved["state_dict"]["to_fmri.weight"], reference["to_fmri.weight"])
+    assert not torch.equal(saved["state_dict"]["modality_norms.text.running_var"],
+                           reference["modality_norms.text.running_var"])
 
 
 @pytest.mark.parametrize("world", [1, 2])

@@ -27,8 +27,8 @@ Checks (each recorded in ``verify.json["checks"]`` as ``{"ok": true, "detail": .
     recorded step, or another index entry of that step; for a model.pt written before ``weights`` was
     recorded, ``latest.pt`` then ``best.pt``) exists, its sha256 equals the index's, it was trained on
     the same manifest digest, and its ``model`` state is bit-for-bit the state dict of ``model.pt``
-    (but for the fMRI layer ``to_fmri``, when ``model.pt["weights"]["readout"]`` says training refitted
-    it in closed form after choosing these weights, and the latent decoder's map, when
+    (but for the fMRI layer ``to_fmri`` and the batch-norm statistics, when ``model.pt["weights"]["readout"]``
+    says training refitted them after choosing these weights, and the latent decoder's basis and map, when
     ``model.pt["weights"]["decoder"]`` says it was fitted then: there only shapes and dtypes must match).
     Without an index the check is recorded as skipped (ok): only model.pt's own sha256 identifies it.
 
@@ -52,10 +52,13 @@ from giblet.model.model_file import MODEL_FORMAT, read_model_file
 
 SPLIT_ORDER = ("val", "test", "train")  # the split the forward-pass sample comes from (first present)
 
-# The state-dict prefix of the layer that train.readout: ridge refits after training.
+# The state-dict prefix of the layer that train.readout: banded/ridge refits after training, and the
+# batch-norm statistics it recomputes first (giblet.train.readout.recalibrate_batch_norm).
 REFITTED_PREFIX = "to_fmri."
+BATCH_NORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
 # The latent decoder's map, fitted in closed form after training (model.pt["weights"]["decoder"]).
-DECODER_FITTED = ("latent_decoder.weight", "latent_decoder.bias", "latent_decoder.fitted")
+DECODER_FITTED = ("latent_decoder.basis", "latent_decoder.brain_mean", "latent_decoder.weight", "latent_decoder.bias",
+                  "latent_decoder.fitted")
 
 
 def _fail(out_json: Path, error: InputError) -> None:
@@ -100,9 +103,12 @@ def _check_provenance(model_path: Path, saved: dict, state_dict: dict) -> tuple[
     if not names:
         why = f"{index_path} lists no checkpoint for the model's weights ({how})"
         return {"ok": False, "detail": why}, why
-    # train.readout: ridge refits the fMRI layer after training: the checkpoint holds the rest bit for bit.
+    # train.readout: banded/ridge refits the fMRI layer after training: the checkpoint holds the rest bit for bit.
     weights = saved.get("weights") or {}
-    refitted = {k for k in state_dict if k.startswith(REFITTED_PREFIX)} if weights.get("readout") else set()
+    readout = weights.get("readout") or {}
+    refitted = {k for k in state_dict if k.startswith(REFITTED_PREFIX)} if readout else set()
+    if "batch_norm" in readout:
+        refitted |= {k for k in state_dict if k.rsplit(".", 1)[-1] in BATCH_NORM_STATISTICS}
     refitted |= set(DECODER_FITTED) if weights.get("decoder") else set()
     tried = []
     for name in names:

@@ -8,6 +8,7 @@ and the decoders are heads learned from the brain (:mod:`giblet.model.decoders`)
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -155,6 +156,15 @@ class BrainAutoencoder(nn.Module):
     def encode(self, batch: dict) -> torch.Tensor:
         """Stimulus window (every enabled modality, ``lag`` TRs) -> predicted fMRI ``(B, V)``."""
         return self.to_fmri(self.drop(self.features(batch)))
+
+    def feature_groups(self) -> np.ndarray | None:
+        """The modality (index in ``encoders``) of each of :meth:`features`' columns, ``(n_features,)`` int;
+        None where the columns mix modalities (``fusion: sum`` or ``temporal: conv``)."""
+        if self.fusion != "concat" or not isinstance(self.temporal, HemodynamicFilters):
+            return None
+        per_modality = next(iter(self.modality_features.values())).out_dim
+        # HemodynamicFilters keeps each per-TR feature's filters side by side.
+        return np.repeat(np.arange(len(self.encoders)), per_modality * self.temporal.n_filters)
 
     def features(self, batch: dict) -> torch.Tensor:
         """Stimulus window -> the shared features the fMRI layer reads, ``(B, n_features)``.

@@ -1,6 +1,8 @@
 """The brain's principal components on the training block, fixed in the model where it reads or predicts the brain.
 
-- The decoders' first layer (:func:`fix_bottleneck_to_pca`).
+- The decoders' first layer (:func:`fix_bottleneck_to_pca`); the latent decoder's basis is fitted
+  with its map, on the brain it is fitted to (:func:`fix_decoder_basis`, called by
+  :func:`giblet.train.latent_decoder.fit_latent_decoder`).
 - With ``fmri_rank``, the basis through which the encoders predict the brain in training
   (:func:`fix_fmri_basis`; see ``BrainAutoencoder``).
 
@@ -31,30 +33,36 @@ def principal_components(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
 
 
 def fix_principal_components(model, fmri_rows: np.ndarray) -> dict:
-    """One PCA of the training block's brain ``fmri_rows`` (n, V) for every fixed place (module docstring);
-    with latent decoding, the decoder's basis instead of the bottleneck's."""
-    decoder = model.latent_decoder if model.latent_decoding else None
-    width = decoder.n_components if decoder is not None else model.bottleneck.linear.out_features
+    """One PCA of the training block's brain ``fmri_rows`` (n, V) for every fixed place (module docstring).
+    Returns a summary: the components kept and the fraction of variance they explain."""
+    width = 0 if model.latent_decoding else model.bottleneck.linear.out_features
     pca = principal_components(fmri_rows, max(width, model.fmri_rank))
     if model.fmri_rank:
         fix_fmri_basis(model, pca)
-    if decoder is not None:
-        return fix_decoder_basis(decoder, fmri_rows, pca)
+    if model.latent_decoding:
+        return _summary(fmri_rows, pca, model.fmri_rank)
     return fix_bottleneck_to_pca(model, fmri_rows, pca)
+
+
+def _summary(fmri_rows: np.ndarray, pca: tuple[np.ndarray, np.ndarray, np.ndarray], k: int) -> dict:
+    """``{"n_components", "explained"}`` of the first ``k`` components of ``pca`` over ``fmri_rows``."""
+    mean, components, sd = pca
+    total = float(np.square(np.asarray(fmri_rows, np.float64) - mean).sum()) / len(fmri_rows)
+    k = min(k, len(components))
+    return {"n_components": k, "explained": float(np.square(sd[:k]).sum() / total) if total else 0.0}
 
 
 @torch.no_grad()
 def fix_decoder_basis(decoder, fmri_rows: np.ndarray, pca: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict:
     """Set the latent decoder's ``basis`` to the first ``n_components`` unit-norm components of ``pca``
     (zero beyond ``n - 1``) and ``brain_mean`` to its mean. Returns a summary."""
-    mean, components, sd = pca
-    components, sd = components[:decoder.n_components], sd[:decoder.n_components]
+    mean, components, _ = pca
+    components = components[:decoder.n_components]
     basis = np.zeros(tuple(decoder.basis.shape))
     basis[:len(components)] = components
     decoder.basis.copy_(torch.from_numpy(basis))
     decoder.brain_mean.copy_(torch.from_numpy(mean))
-    total = float(np.square(np.asarray(fmri_rows, np.float64) - mean).sum()) / len(fmri_rows)
-    return {"n_components": len(components), "explained": float(np.square(sd).sum() / total) if total else 0.0}
+    return _summary(fmri_rows, pca, decoder.n_components)
 
 
 @torch.no_grad()

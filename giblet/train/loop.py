@@ -80,8 +80,9 @@ class Trainer(Engine):
         fmri = np.load(self.manifest.arrays["fmri"].path, mmap_mode="r")
         train_targets = list(self.manifest.split.targets("train"))
         pca = fix_principal_components(model, np.asarray(fmri[train_targets]))
-        log.info("brain bottleneck: the training block's first %d principal components (%.0f%% of its "
-                 "variance), fixed", pca["n_components"], 100 * pca["explained"])
+        if pca["n_components"]:
+            log.info("brain bottleneck: the training block's first %d principal components (%.0f%% of its "
+                     "variance), fixed", pca["n_components"], 100 * pca["explained"])
         return model
 
     def _model_config(self) -> dict:
@@ -149,11 +150,11 @@ class Trainer(Engine):
         """``model.pt``: the best weights plus everything needed to use them without the training state."""
         path = self.out / "model.pt"
         weights, chosen = self._best_weights()
-        if self.params["readout"] == "ridge":
+        if self.params["readout"] in ("banded", "ridge"):
             self.model.load_state_dict(weights)
             blocks = {"train": self.train_set, **({"val": self.val_set} if self.val_set is not None else {})}
             chosen["readout"] = fit_ridge_readout(self.model, blocks, collate, self.device, self.model.lag,
-                                                  self.params["batch_size"])
+                                                  self.params["batch_size"], banded=self.params["readout"] == "banded")
             weights = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         if self.model.latent_decoding:
             self.model.load_state_dict(weights)
