@@ -12,7 +12,9 @@ training and validation targets, from:
   the decoded text: what its reconstructions carry about the story;
 - ``banded ridge``: the ridge decoder baseline's input, the measured brain's first 256 principal
   components (fitted on the fit targets);
-- ``oracle``: the same decoder on the demo's noise-free signal: what the brain encodes at all.
+- ``oracle``: the same decoder on the demo's noise-free signal: what the brain encodes at all;
+- ``true frames``: the visual latents read the model's way from the *true* frames' colour grid: what
+  this read-out can reach at all (the grid of a perfect reconstruction).
 
 :func:`autoencoder_readout` asks the pretrained autoencoders the same of their own latent spaces (a
 benchmark only: the truth never enters pretraining): the visual latents read linearly (ridge) from
@@ -96,7 +98,8 @@ def _model_descriptors(results: Path, manifest, blocks) -> dict[str, np.ndarray]
 def latent_decoding(results: str | Path) -> dict:
     """``{row: {"by_latent": {name: r}, "group_r": {group: mean r}}}`` for one seed's results folder."""
     from giblet.data.manifest import read_manifest
-    from giblet.evaluate.decoding_identification import brain_components, decode_delay, decoded_stimulus_trs
+    from giblet.evaluate.decoding_identification import (brain_components, decode_delay, decoded_stimulus_trs,
+                                                         mean_frame_grid)
 
     results = Path(results)
     manifest = read_manifest(results / "dataset" / "manifest.json")
@@ -123,6 +126,14 @@ def latent_decoding(results: str | Path) -> dict:
                      split.lag_trs)
         out["model"]["by_latent"].update({names[c]: float(v) for c, v in zip(columns, r)})
         out["model"]["group_r"][group] = float(np.mean(r))
+    if "frames" in model_fit:  # the read-out's own ceiling: the same grid of the true frames
+        frames = np.load(manifest.arrays["frames"].path, mmap_mode="r")
+        columns = np.flatnonzero(groups == "visual")
+        true_fit, true_test = (mean_frame_grid(np.asarray(frames[decoded_stimulus_trs(split, t, delay)]))
+                               for t in (fit, test))
+        r = decode_r(true_fit, L_fit[:, columns], true_test, L_test[:, columns], fit, split.lag_trs)
+        out["true frames"] = {"by_latent": {names[c]: float(v) for c, v in zip(columns, r)},
+                              "group_r": {"visual": float(np.mean(r))}}
     for row, (X_fit, X_test) in inputs.items():
         r = decode_r(X_fit, L_fit, X_test, L_test, fit, split.lag_trs)
         out[row] = {"by_latent": dict(zip(names, map(float, r))),

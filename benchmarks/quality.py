@@ -24,7 +24,8 @@ Printed per seed, and as mean ± sd over seeds, everything on the held-out test 
 - the pretrained autoencoders' own latents (``ae_<group>_r``: the demo's visual or auditory latents
   read linearly from them, fitted on the first 70 % of the movie, r on the rest; no brain involved);
 - the demo's latents decoded from the brain (``lat_<group>_r``: mean test r over the group's latents;
-  see ``benchmarks/latents.py``, every latent in ``benchmark-latents.json``);
+  see ``benchmarks/latents.py``, every latent in ``benchmark-latents.json``), and the visual ones read
+  the same way from the true frames (``lat_visual_true_frames_r``: that read-out's ceiling);
 - wall time per stage (the sum over a stage's jobs, from the Snakemake log of the run that last ran it).
 """
 
@@ -162,7 +163,9 @@ def seed_table(run: dict) -> dict[str, dict[str, float | None]]:
     for group, readout in ((run.get("latents") or {}).get("autoencoders") or {}).items():
         table["model"][f"ae_{group}_r"] = readout["r"]   # read from the pretrained latents (no brain)
     for name, decoded in (run.get("latents") or {}).items():
-        if name == "autoencoders":
+        if name == "true frames":  # the visual read-out from the true frames: its ceiling
+            table["model"]["lat_visual_true_frames_r"] = decoded["group_r"]["visual"]
+        if name in ("autoencoders", "true frames"):
             continue
         for group, r in decoded["group_r"].items():
             table[name][f"lat_{group}_r"] = r
