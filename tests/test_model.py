@@ -354,31 +354,3 @@ def test_feature_groups_name_the_modality_each_feature_column_comes_from():
             assert torch.equal(moved, torch.from_numpy(groups == index))
     assert model(fusion="sum").feature_groups() is None
     assert model(temporal="conv").feature_groups() is None
-
-
-def test_the_text_encoder_projects_onto_the_whitened_components_of_the_movies_annotations():
-    """fix_text_basis: the distinct filled slots' embeddings, projected, are centred, uncorrelated and of
-    unit variance (numpy's covariance); empty slots and repeats of an annotation do not count."""
-    import numpy as np
-
-    from giblet.model.encoders import TextEncoder
-    from giblet.train.bottleneck import fix_text_basis
-
-    rng = np.random.default_rng(5)
-    annotations = rng.standard_normal((12, 40)) @ rng.standard_normal((40, 40)) + 3.0   # (A, d), correlated
-    text = annotations[rng.integers(0, 12, (50, 2))]                                   # (T, k, d), repeats
-    mask = rng.random((50, 2)) > 0.3
-    mask[:12, 0] = True
-    text[:12, 0] = annotations                                                          # every annotation once
-    text[~mask] = 1e3                                                                   # empty slots: junk
-    encoder = TextEncoder(40, 8)
-    info = fix_text_basis(encoder, text, mask)
-    assert info == {"n_components": 8, "n_annotations": 12, "explained": pytest.approx(info["explained"])}
-    projected = ((torch.from_numpy(annotations).float() - encoder.mean) @ encoder.basis.t()).numpy()
-    np.testing.assert_allclose(projected.mean(0), 0, atol=1e-4)
-    np.testing.assert_allclose(np.cov(projected.T, ddof=0), np.eye(8), atol=1e-3)
-    # the leading components: numpy's SVD of the centred annotations spans the same directions
-    _, _, vt = np.linalg.svd(annotations - annotations.mean(0), full_matrices=False)
-    basis = encoder.basis.numpy().astype(np.float64)
-    np.testing.assert_allclose(np.abs((basis / np.linalg.norm(basis, axis=1, keepdims=True)) @ vt[:8].T),
-                               np.eye(8), atol=1e-3)

@@ -62,44 +62,20 @@ class CodeEncoder(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """Each CLIP slot on the movie's annotation components, plus a residual MLP; masked mean over the k
-    slots; a TR with no annotation gets a learned "no text" vector.
-
-    ``basis`` ``(dim, d)`` and ``mean`` ``(d,)`` (buffers, fixed) project an embedding onto the leading
-    principal components of the movie's own annotations (:meth:`set_basis`; a random orthonormal
-    projection until then): the text's linear autoencoder, learned from the movie and not from the
-    brain. An MLP from the embedding itself, fitted on a few hundred TRs, kept less of it than
-    this projection does (the demo's language voxels: r 0.15 against 0.19, by ridge). The residual
-    MLP's last layer starts near zero, so training starts from the components and learns what they
-    miss.
+    """An MLP over the k CLIP slots, masked mean; a TR with no annotation gets a learned "no text" vector.
 
     Input ``text (N, k, d)``, ``mask (N, k)`` bool; masked slots never reach the output (whatever they hold).
     """
 
     def __init__(self, in_dim: int, dim: int):
         super().__init__()
-        self.register_buffer("basis", torch.linalg.qr(torch.randn(in_dim, dim)).Q.t()[:dim] if in_dim >= dim
-                             else torch.eye(dim, in_dim))
-        self.register_buffer("mean", torch.zeros(in_dim))
-        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
-        nn.init.normal_(self.mlp[2].weight, std=1e-3)  # near zero, not zero: the first layer gets gradients
-        nn.init.zeros_(self.mlp[2].bias)
+        self.mlp = nn.Sequential(nn.Linear(in_dim, dim), nn.GELU(), nn.Linear(dim, dim))
         self.no_text = nn.Parameter(torch.randn(dim) * 0.02)
-
-    @torch.no_grad()
-    def set_basis(self, mean, components) -> None:
-        """Project onto ``components (c, d)``, ``c <= dim`` rows (the rest: zero), after subtracting
-        ``mean (d,)``; arrays or tensors."""
-        basis = torch.zeros_like(self.basis)
-        basis[:len(components)] = torch.as_tensor(components, dtype=basis.dtype)
-        self.basis.copy_(basis)
-        self.mean.copy_(torch.as_tensor(mean, dtype=self.mean.dtype))
 
     def forward(self, text: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         mask = mask.bool()
         text = torch.where(mask.unsqueeze(-1), text.float(), torch.zeros((), dtype=torch.float32, device=text.device))
-        projected = (text - self.mean) @ self.basis.t()
-        h = projected + self.mlp(projected)
+        h = self.mlp(text)
         h = torch.where(mask.unsqueeze(-1), h, torch.zeros((), dtype=h.dtype, device=h.device))
         count = mask.sum(dim=1, keepdim=True)
         pooled = h.sum(dim=1) / count.clamp(min=1).to(h.dtype)

@@ -6,9 +6,6 @@
 - With ``fmri_rank``, the basis through which the encoders predict the brain in training
   (:func:`fix_fmri_basis`; see ``BrainAutoencoder``).
 
-The text encoder's projection is the same idea on the stimulus side: the principal components of
-the movie's own annotation embeddings (:func:`fix_text_basis`).
-
 The decoders read the whole brain (tens of thousands of voxels) and learn from a few hundred to a
 few thousand TRs; a free ``V -> hidden`` layer fitted by Adam on so few samples mostly fits noise.
 Decoding models in the field reduce the brain first (PCA) and fit only what follows; here the
@@ -66,21 +63,6 @@ def fix_decoder_basis(decoder, fmri_rows: np.ndarray, pca: tuple[np.ndarray, np.
     decoder.basis.copy_(torch.from_numpy(basis))
     decoder.brain_mean.copy_(torch.from_numpy(mean))
     return _summary(fmri_rows, pca, decoder.n_components)
-
-
-def fix_text_basis(encoder, text: np.ndarray, mask: np.ndarray) -> dict:
-    """Set a :class:`~giblet.model.encoders.TextEncoder`'s projection to the whitened leading principal
-    components of the movie's distinct annotation embeddings: ``text (T, k, d)`` over the slots
-    ``mask (T, k)`` fills (the whole movie: the stimulus, not the brain). Returns a summary."""
-    embeddings = np.unique(np.asarray(text, np.float64)[np.asarray(mask, bool)], axis=0)
-    if len(embeddings) < 2:
-        return {"n_components": 0, "n_annotations": int(len(embeddings)), "explained": 0.0}
-    mean, components, sd = principal_components(embeddings, encoder.basis.shape[0])
-    keep = sd > sd[0] * 1e-6                      # directions the annotations span (whitening the rest blows up)
-    encoder.set_basis(mean, components[keep] / sd[keep, None])
-    total = float(np.square(embeddings - mean).sum()) / len(embeddings)
-    return {"n_components": int(keep.sum()), "n_annotations": int(len(embeddings)),
-            "explained": float(np.square(sd[keep]).sum() / total)}
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ from giblet.files import sha256_file, write_json
 from giblet.model import BrainAutoencoder, losses
 from giblet.model.model_file import write_model_file
 from giblet.train import distributed as dist
-from giblet.train.bottleneck import fix_principal_components, fix_text_basis
+from giblet.train.bottleneck import fix_principal_components
 from giblet.train.engine import EXIT_RESUME, SELECTION_KEY, TIMING_KEYS, Engine, config_hash
 from giblet.train.latent_decoder import fit_latent_decoder, install_renderers, renderer_configs
 from giblet.train.readout import fit_ridge_readout
@@ -83,12 +83,6 @@ class Trainer(Engine):
         if pca["n_components"]:
             log.info("brain bottleneck: the training block's first %d principal components (%.0f%% of its "
                      "variance), fixed", pca["n_components"], 100 * pca["explained"])
-        if "text" in model.encoders:
-            text = fix_text_basis(model.encoders["text"], np.load(self.manifest.arrays["text"].path, mmap_mode="r"),
-                                  np.load(self.manifest.arrays["text_mask"].path))
-            log.info("text: the first %d principal components of the movie's %d distinct annotation embeddings "
-                     "(%.0f%% of their variance), whitened, fixed", text["n_components"], text["n_annotations"],
-                     100 * text["explained"])
         return model
 
     def _model_config(self) -> dict:
