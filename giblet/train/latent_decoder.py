@@ -4,10 +4,9 @@ After training, :func:`fit_latent_decoder` fits :class:`~giblet.model.latent_dec
 linear map on the training and validation targets: inputs are the ``decode_window`` brain TRs ending
 at each target, on the leading principal components of the brain at these targets (fitted here, as
 the ridge decoder baseline's are: a basis from the training block alone drops the validation rows'
-own directions, and costs a third of the text identification on the 4-subject demo); outputs are the latents of the
-stimulus TR the decoders reconstruct (``decode_index``), the mean CLIP embedding of its text and the
-CLIP embeddings of its frames. One
-penalty per output by time-blocked CV (:func:`giblet.train.readout.ridge_weights`). Predictions
+own directions, and cost a third of the text identification on the 4-subject demo); outputs are
+the latents of the stimulus TR the decoders reconstruct (``decode_index``), the mean CLIP embedding
+of its text and the CLIP embeddings of its frames. One penalty per output by time-blocked CV (:func:`giblet.train.readout.ridge_weights`). Predictions
 shrink towards the mean, and the frozen renderers draw a shrunken latent as the average picture,
 so every rendered latent is rescaled to the mean and spread it has on the fitted rows (as
 brain-diffuser does before rendering). :func:`install_renderers` copies the pretrained decoders'

@@ -104,7 +104,7 @@ def banded_ridge_weights(X: np.ndarray, Y: np.ndarray, groups: np.ndarray, targe
     X = np.asarray(X, np.float64)
     mean = X.mean(axis=0)
     # warn: himalaya suggests its kernel solver when samples < features (the demo); the primal one
-    # is what gives the weights of a linear layer, and costs seconds at that size.
+    # gives the linear layer's weights directly.
     params = {"n_iter": n_iter, "alphas": np.asarray(alphas, np.float32), "progress_bar": False,
               "n_targets_batch": 2048, "n_targets_batch_refit": 2048, "warn": False}
     ridge = BandedRidgeCV(groups=np.asarray(groups, np.int64), solver="random_search", solver_params=params,
