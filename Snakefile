@@ -16,6 +16,7 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/check.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/stimulus.smk"
 include: "workflow/rules/pretrain.smk"
@@ -29,6 +30,7 @@ include: "workflow/rules/evaluate.smk"
 # the queue for an allocation (profiles/README.md says why each is here).
 localrules:
     all,
+    check_inputs,
     plan_split,
     verify_checkpoint,
     examine_weights,

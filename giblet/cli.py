@@ -37,6 +37,18 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """Check every input from its headers and list every problem at once (rule check_inputs)."""
+    from giblet import paths
+    from giblet.preflight import run_check
+
+    config = load_config(args.config, args.overrides)
+    report = Path(args.report) if args.report else paths.check(config)
+    run_check(config, report)  # raises InputError on a problem: main prints it and exits 2
+    print(report)
+    return 0
+
+
 def _run_stage(rule: str, config: dict, args: argparse.Namespace, subject: str | None = None,
                optional: bool = False, **paths) -> int:
     """Run ``rule``'s stage with the arguments its Snakemake rule passes (files and params from the
@@ -191,6 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the validated config with every default filled in")
     _add_config_args(p)
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("check", help="check the whole input set from its headers, before a long run: every "
+                                      "problem at once (rule check_inputs; exit status 2 on an error)")
+    _add_config_args(p)
+    p.add_argument("--report", metavar="JSON", help="where the report goes (default: <results_dir>/check/"
+                                                    "inputs.json; <name>.failed.json beside it on an error)")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("demo", help="generate the built-in demo data set (movie, annotations, fMRI, truth)")
     _add_config_args(p)

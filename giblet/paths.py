@@ -162,6 +162,11 @@ def run_files(config: dict, key: str, subject: str | None = None) -> list[Path]:
     return [run[key] for s in chosen for run in table[s] if run[key] is not None]
 
 
+def check(config: dict) -> Path:
+    """The pre-flight check's report (``giblet check``, rule ``check_inputs``), written when it passes."""
+    return Path(config["results_dir"]) / "check" / "inputs.json"
+
+
 def fmri(config: dict) -> dict:
     """Outputs of the fMRI stages; ``z``/``z_sidecar``/``stats`` are patterns with ``{subject}``."""
     root = Path(config["results_dir"]) / "fmri"

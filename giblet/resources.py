@@ -141,6 +141,7 @@ def resources(rule: str, config: dict, size: DataSize | None = None) -> dict:
         "normalize_fmri": lambda: {"mem_mb": _mb(1000, 1.5 * subject), "runtime": _minutes(30 * per_voxel_tr)},
         "average_fmri": lambda: {"mem_mb": _mb(1000, 3 * group), "runtime": _minutes(10 * size.n_subjects * per_voxel_tr)},
         "plan_split": lambda: {"mem_mb": _mb(500), "runtime": _minutes(5)},
+        "check_inputs": lambda: {"mem_mb": _mb(1000), "runtime": _minutes(5)},
         "assemble_dataset": lambda: {"mem_mb": _mb(1000, group), "runtime": _minutes(30 * per_voxel_tr)},
         "train": lambda: _train(train, data),
         "verify_checkpoint": lambda: {"mem_mb": _mb(2000), "runtime": _minutes(30)},

@@ -17,6 +17,7 @@ FMRI_MASK_METHODS = ("intersection", "majority", "mni")  # any other fmri.mask v
 # The stimulus.frames keys extract_frames reads (features and clip are embed_frames'): a CLIP setting
 # must not rerun it.
 PIXEL_KEYS = ("enabled", "width", "height", "frame_skip")
+CHECKED_SECTIONS = ("results_dir", "tr", "dataset", "inputs", "stimulus", "fmri", "split", "demo")
 
 
 def _evaluate(config: dict, *keys: str) -> dict:
@@ -30,6 +31,8 @@ def params(rule: str, config: dict) -> dict:
     """
     stimulus, fmri, tr = config["stimulus"], config["fmri"], config["tr"]
     table = {
+        # The check reads every input-side section (and results_dir, where the demo's inputs are).
+        "check_inputs": lambda: {"config": {key: config[key] for key in CHECKED_SECTIONS}},
         "demo_dataset": lambda: {"demo": config["demo"], "tr": tr},
         "extract_frames": lambda: {"settings": {key: stimulus["frames"][key] for key in PIXEL_KEYS}, "tr": tr},
         # Frames are sampled as extract_frames samples them (frame_skip), then embedded by CLIP.
@@ -42,8 +45,10 @@ def params(rule: str, config: dict) -> dict:
         "pretrain_frames": lambda: {"settings": config["pretrain"]["frames"], "tr": tr},
         "pretrain_audio": lambda: {"settings": config["pretrain"]["audio"], "tr": tr},
         "fmri_mask": lambda: {"runs": _runs_table(config),
-                              "fmri": {**{key: fmri[key] for key in ("mask", "majority_fraction", "short_subjects")},
-                                       "confound_columns": _confound_columns(config)},
+                              "fmri": {**{key: fmri[key] for key in ("mask", "majority_fraction", "short_subjects",
+                                                                      "allow_data_mask")},
+                                       "confound_columns": confound_columns(config),
+                                       "fmriprep_inputs": fmriprep_inputs(config)},
                               "tr": tr},
         "normalize_fmri": lambda: {"normalize_on": fmri["normalize_on"], "cleaning": _cleaning(config)},
         "average_fmri": lambda: {},
@@ -76,7 +81,14 @@ def _runs_table(config: dict) -> dict:
             for subject, entries in paths.runs(config).items()}
 
 
-def _confound_columns(config: dict) -> list[str]:
+def fmriprep_inputs(config: dict) -> bool:
+    """The BOLD files come from fMRIPrep (``inputs.bids``, or with confounds tables): not skull-stripped,
+    so the mask must come from brain masks unless the config accepts one from the data alone."""
+    inputs = config["inputs"]
+    return config["dataset"] == "files" and bool(inputs["bids"] or inputs["confounds"])
+
+
+def confound_columns(config: dict) -> list[str]:
     """The confounds TSV columns the fMRI stages read: none without confounds files."""
     fmri = config["fmri"]
     if not config["inputs"]["confounds"] or config["dataset"] == "demo":
@@ -87,7 +99,7 @@ def _confound_columns(config: dict) -> list[str]:
 def _cleaning(config: dict) -> dict:
     """What normalize_fmri removes from each run (giblet.fmri.clean.Cleaning's fields)."""
     fmri = config["fmri"]
-    with_table = bool(_confound_columns(config))
+    with_table = bool(confound_columns(config))
     return {"tr": config["tr"], "confounds": list(fmri["confounds"]) if with_table else [],
             "high_pass_hz": fmri["high_pass_hz"], "detrend": fmri["detrend"],
             "fd_threshold_mm": fmri["motion"]["fd_threshold_mm"] if with_table else None}
@@ -102,6 +114,7 @@ def outputs(rule: str, config: dict) -> dict:
     stim, fmri, data = paths.stimulus(config), paths.fmri(config), paths.dataset(config)
     train, ev = paths.train(config), paths.evaluate(config)
     table = {
+        "check_inputs": lambda: {"report": paths.check(config)},
         "demo_dataset": lambda: {k: _strs(v) for k, v in paths.demo(config).items()},
         "extract_frames": lambda: {"frames": stim["frames"], "sidecar": stim["frames_sidecar"]},
         "embed_frames": lambda: {"frame_features": stim["frame_features"], "sidecar": stim["frame_features_sidecar"]},
@@ -149,6 +162,11 @@ def inputs(rule: str, config: dict, subject: str | None = None) -> dict:
     verified = {**model_and_data, "verified": ev["verify"]}
     user_mask = config["fmri"]["mask"] not in FMRI_MASK_METHODS
     table = {
+        # Every input file: a changed one reruns the check (seconds), which nothing downstream reads.
+        "check_inputs": lambda: {**{key: paths.run_files(config, key) for key in paths.RUN_FILES},
+                                 "mask_file": config["fmri"]["mask"] if user_mask else [], "movie": movie,
+                                 "annotations": paths.annotations(config) if config["stimulus"]["text"]["enabled"]
+                                 else []},
         "demo_dataset": lambda: {},
         "extract_frames": lambda: {"movie": movie},
         "embed_frames": lambda: {"movie": movie},
@@ -169,7 +187,7 @@ def inputs(rule: str, config: dict, subject: str | None = None) -> dict:
         # in the same invocation is a placeholder).
         "normalize_fmri": lambda: {"bold": paths.run_files(config, "bold", subject),
                                    "confounds": paths.run_files(config, "confounds", subject)
-                                   if _confound_columns(config) else [],
+                                   if confound_columns(config) else [],
                                    "mask": fmri["mask"], "info": fmri["info"],
                                    "split": data["split"] if config["fmri"]["normalize_on"] != "all" else []},
         # Every configured subject's z (a dropped one's is empty): the stage keeps those fmri.json lists.
@@ -188,7 +206,10 @@ def inputs(rule: str, config: dict, subject: str | None = None) -> dict:
         "plot_reconstructions": lambda: verified,
         "lesion": lambda: {**verified, "region_masks": list(config["evaluate"]["lesion_regions"].values())},
         "training_summary": lambda: {"history": train["history"]},
+        # The z arrays' sidecars say, run by run, what cleaning really removed ("what was run").
         "report_results": lambda: {"metrics": ev["metrics"], "ridge": ev["ridge"], "r_map": ev["r_map"],
-                                   "glass_brain": ev["r_map_png"], "manifest": data["manifest"], "info": fmri["info"]},
+                                   "glass_brain": ev["r_map_png"], "manifest": data["manifest"], "info": fmri["info"],
+                                   "z_sidecars": [str(fmri["z_sidecar"]).format(subject=s)
+                                                  for s in paths.subjects(config)]},
     }
     return {key: _strs(value) for key, value in table[rule]().items()}

@@ -31,6 +31,16 @@ def stage(func: Callable) -> Callable:
 
 
 @stage
+def check_inputs(*, bold, confounds, brain_mask, mask_file, movie, annotations, report, config, progress=True):
+    """Every input checked from its headers at once (:mod:`giblet.preflight`): a table per subject and
+    run in the log; the JSON report when nothing is wrong, or beside it as ``*.failed.json`` and an
+    error that stops the run. The files are read through ``config``."""
+    from giblet.preflight import run_check
+
+    run_check(config, Path(report))
+
+
+@stage
 def demo_dataset(*, movie, annotations, bold, truth, sidecar, demo, tr, progress=True):
     """The built-in synthetic data set; every output lands in the movie's folder."""
     from giblet.demo.generate import make_demo
@@ -255,13 +265,14 @@ def training_summary(*, history, png, progress=True):
 
 
 @stage
-def report_results(*, metrics, ridge, r_map, glass_brain, manifest, info, summary, about, metrics_csv, ridge_csv, html,
-                   viewer, slices, figures, description, space, progress=True):
+def report_results(*, metrics, ridge, r_map, glass_brain, manifest, info, z_sidecars, summary, about, metrics_csv,
+                   ridge_csv, html, viewer, slices, figures, description, space, progress=True):
     """The run's answer for the report: the results tables (CSV, HTML), the brain viewer and slices, the
     first page's figures, and the evaluation folder's BIDS dataset_description.json."""
     from giblet.evaluate.report_results import report_results as write_report
 
-    return write_report(metrics, ridge, r_map, glass_brain, manifest, info, Path(summary).parent, description, space)
+    return write_report(metrics, ridge, r_map, glass_brain, manifest, info, Path(summary).parent, description, space,
+                        z_sidecars=z_sidecars)
 
 
 def arguments(rule: str, config: dict, subject: str | None = None) -> dict:

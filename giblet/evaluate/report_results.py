@@ -162,6 +162,33 @@ def about_rows(metrics: dict, ridge: dict, manifest: dict, fmri_info: dict, zoom
     return [["", "this run"]] + rows
 
 
+def cleaning_row(sidecars: list[dict]) -> list[str] | None:
+    """The "cleaning" row of what was run, from the z arrays' sidecars: what was asked for, then, run by
+    run, what nilearn left out of it (a dropped high-pass, confounds left out); None without cleaning."""
+    runs = [run for sidecar in sidecars for run in _get(sidecar, "parameters.cleaning.runs") or []]
+    if not runs:
+        return None
+    asked = next(_get(sidecar, "parameters.cleaning") for sidecar in sidecars if _get(sidecar, "parameters.cleaning"))
+    parts = [f"{len(asked['confounds'])} confounds" if asked.get("confounds") else "no confounds",
+             f"cosine high-pass {asked['high_pass_hz']:g} Hz" if asked.get("high_pass_hz") else "no high-pass",
+             "linear detrend" if asked.get("detrend") else None]
+    text = f"each of {len(runs)} runs: " + ", ".join(p for p in parts if p) + "; mean removed per run"
+    interpolated = sum(len(run.get("high_motion_volumes", [])) for run in runs)
+    if asked.get("fd_threshold_mm") is not None:
+        text += f"; {interpolated} high-motion volumes interpolated (FD > {asked['fd_threshold_mm']:g} mm)"
+    dropped = [(Path(run["bold"]).name, run["high_pass"]) for run in runs
+               if (run.get("high_pass") or "").startswith("dropped")]
+    if dropped:
+        text += (f". HIGH-PASS NOT APPLIED in {len(dropped)} of {len(runs)} runs: "
+                 + "; ".join(f"{name} ({why.removeprefix('dropped: ')})" for name, why in dropped))
+    left_out = [(Path(run["bold"]).name, column, why) for run in runs
+                for column, why in (run.get("dropped_confounds") or {}).items()]
+    if left_out:
+        text += ". Confounds left out of the fit by nilearn: " + "; ".join(
+            f"{column} in {name} ({why})" for name, column, why in left_out)
+    return ["cleaning", text]
+
+
 def headline(metrics: dict, ridge: dict) -> str:
     """One sentence: how much of the explainable signal the model captures, against the baseline."""
     fmri = metrics["fmri"]
@@ -322,9 +349,10 @@ def figures_fragment(images: list[tuple[bytes, str]]) -> str:
 
 def report_results(metrics: str | Path, ridge: str | Path, r_map: str | Path, glass_brain: str | Path,
                    manifest: str | Path, info: str | Path, out_dir: str | Path, description: str | Path,
-                   space: str | None) -> dict:
+                   space: str | None, z_sidecars: list[str | Path] = ()) -> dict:
     """Write the tables, the HTML page and the brain views into ``out_dir`` (all or nothing) and
-    ``description`` (``dataset_description.json``). Returns the summary rows.
+    ``description`` (``dataset_description.json``). Returns the summary rows. ``z_sidecars``, the
+    subjects' z arrays' sidecars, give the "cleaning" row of "what was run".
 
     Raises
     ------
@@ -342,6 +370,9 @@ def report_results(metrics: str | Path, ridge: str | Path, r_map: str | Path, gl
     zooms = nib.load(r_map).header.get_zooms()[:3]
     summary = summary_rows(scores, baseline)
     about = about_rows(scores, baseline, data, fmri_info, zooms, space)
+    cleaning = cleaning_row([_read_json(Path(p), "z array's sidecar") for p in z_sidecars])
+    if cleaning:
+        about.insert(4, cleaning)  # after the brain: what was done to it
     threshold = float(_get(scores, "r_map.plot_threshold") or 0.1)
     test = scores.get("test_range", [0, 0])
     title = f"Per-voxel r over time, test TRs {test[0]}-{test[1] - 1} (N={scores.get('n_test')})"

@@ -33,10 +33,35 @@ def check_columns(path: Path, columns: list[str]) -> None:
     header = read_header(path)
     missing = [name for name in columns if name not in header]
     if missing:
-        hints = [f"{name!r} (closest: {difflib.get_close_matches(name, header, n=1) or 'none'})" for name in missing]
-        raise InputError(path, f"has no confounds column {', '.join(hints)}; it has {len(header)} columns. Fix "
-                               f"fmri.confounds (or fmri.motion.fd_threshold_mm, which reads "
-                               f"{FRAMEWISE_DISPLACEMENT})")
+        raise InputError(path, _missing_message(missing, header))
+
+
+def _missing_message(missing: list[str], header: list[str], elsewhere: dict[str, list[str]] | None = None) -> str:
+    """Why a table lacks ``missing``: where other runs' tables have a column, this file is the odd one
+    out (``elsewhere``: column -> labels of the runs that have it); where none has it, the config asks
+    for a column that does not exist (the closest name helps with a typo)."""
+    elsewhere = elsewhere or {}
+    odd = [name for name in missing if elsewhere.get(name)]
+    absent = [name for name in missing if not elsewhere.get(name)]
+    parts = []
+    if odd:
+        have = sorted({label for name in odd for label in elsewhere[name]})
+        parts.append(f"lacks the confounds column(s) {', '.join(map(repr, odd))}, which the tables of "
+                     f"{_labels(have)} have: this run's table differs from the others (another fMRIPrep "
+                     f"version or setting?); rerun fMRIPrep for it, or leave the column(s) out of "
+                     f"fmri.confounds")
+    if absent:
+        hints = [f"{name!r} (closest: {difflib.get_close_matches(name, header, n=1) or 'none'})" for name in absent]
+        parts.append(f"has no confounds column {', '.join(hints)}, nor does any other run's table; it has "
+                     f"{len(header)} columns. Fix fmri.confounds (or fmri.motion.fd_threshold_mm, which reads "
+                     f"{FRAMEWISE_DISPLACEMENT})")
+    return "; and ".join(parts)
+
+
+def _labels(labels: list[str], limit: int = 6) -> str:
+    if len(labels) <= limit:
+        return ", ".join(labels)
+    return ", ".join(labels[:limit]) + f" and {len(labels) - limit} more"
 
 
 def _check_rows(path: Path, rows: int, n_volumes: int) -> None:
@@ -45,12 +70,44 @@ def _check_rows(path: Path, rows: int, n_volumes: int) -> None:
                                f"included); is it the confounds file of that run?")
 
 
-def check_table(path: Path, columns: list[str], n_volumes: int) -> None:
-    """Raise unless the table has the ``columns`` and one row per volume (``n_volumes``, dummies included)."""
-    check_columns(path, columns)
+def count_rows(path: Path) -> int:
+    """Data rows of a TSV (non-blank lines after the header)."""
     with open(path) as f:
-        rows = sum(1 for line in f if line.strip()) - 1
-    _check_rows(Path(path), rows, n_volumes)
+        return sum(1 for line in f if line.strip()) - 1
+
+
+def table_problems(tables: dict[str, tuple[Path, int]], columns: list[str]) -> list[InputError]:
+    """Every problem of a study's confounds tables at once, as InputErrors naming the file.
+
+    ``tables`` maps a run's label (``"sub-01 run 2"``) to its confounds file and its BOLD run's number
+    of volumes (dummies included). A table must exist, have every one of ``columns`` and one row per
+    volume. A missing column names the runs whose tables have it.
+    """
+    headers, problems = {}, []
+    for label, (path, _) in tables.items():
+        try:
+            headers[label] = read_header(Path(path))
+        except InputError as err:
+            problems.append(err)
+    for label, header in headers.items():
+        path, n_volumes = tables[label]
+        missing = [name for name in columns if name not in header]
+        if missing:
+            elsewhere = {name: [other for other, h in headers.items() if name in h] for name in missing}
+            problems.append(InputError(Path(path), _missing_message(missing, header, elsewhere)))
+            continue
+        try:
+            _check_rows(Path(path), count_rows(Path(path)), n_volumes)
+        except InputError as err:
+            problems.append(err)
+    return problems
+
+
+def check_tables(tables: dict[str, tuple[Path, int]], columns: list[str]) -> None:
+    """Raise the first of :func:`table_problems`."""
+    problems = table_problems(tables, columns)
+    if problems:
+        raise problems[0]
 
 
 def read_confounds(path: Path, columns: list[str], n_volumes: int) -> np.ndarray:

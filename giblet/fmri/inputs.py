@@ -151,7 +151,7 @@ def _last_false(flags: np.ndarray) -> int:
     return int(false[-1]) if false.size else -1
 
 
-def _check_geometry(path: Path, image: nib.Nifti1Image, reference: dict | None, tr: float) -> None:
+def check_geometry(path: Path, image: nib.Nifti1Image, reference: dict | None, tr: float) -> None:
     """Raise if the shape or affine differs from the first subject's, or the header TR from ``tr``."""
     if reference is not None:
         shape, ref_shape = tuple(image.shape[:3]), tuple(reference["shape"])
@@ -210,7 +210,7 @@ def check_bold_inputs(bold: dict[str, Path], tr: float, short_subjects: str = "e
     images, reference = {}, None
     for sub, path in bold.items():
         image = load_bold(path)
-        _check_geometry(path, image, reference, tr)
+        check_geometry(path, image, reference, tr)
         if reference is None:
             reference = {"path": path, "shape": image.shape[:3], "affine": image.affine}
         images[sub] = image
@@ -243,6 +243,13 @@ def check_bold_inputs(bold: dict[str, Path], tr: float, short_subjects: str = "e
     }
 
 
+def kept_volumes(runs: dict[str, list[dict]], images: dict[Path, nib.Nifti1Image]) -> list[list[int]]:
+    """Per run (in movie order), every subject's volumes after the dummies, from the headers."""
+    per_subject = [[int(images[Path(run["bold"])].shape[3]) - run["dummy_volumes"] for run in entries]
+                   for entries in runs.values()]
+    return [list(counts) for counts in zip(*per_subject)]
+
+
 def _run_files(run: dict) -> dict:
     return {key: (str(run[key]) if run.get(key) else None) for key in ("bold", "confounds", "brain_mask")}
 
@@ -255,15 +262,15 @@ def check_run_inputs(runs: dict[str, list[dict]], tr: float, movie_duration_s: f
     subject kept, ``n_trs`` the joined timeline's length) plus ``"runs"``, the timeline, and per
     subject ``"runs"``: its files and volume counts. Headers are checked before any data is read.
     """
-    from giblet.fmri.confounds import check_table
-    from giblet.fmri.runs import check_run_length, plan_timeline
+    from giblet.fmri.confounds import check_tables
+    from giblet.fmri.runs import check_run_length, plan_timeline, run_label
 
     reference, images = None, {}
     for sub, entries in runs.items():
         for run in entries:
             path = Path(run["bold"])
             image = load_bold(path)
-            _check_geometry(path, image, reference, tr)
+            check_geometry(path, image, reference, tr)
             if reference is None:
                 reference = {"path": path, "shape": image.shape[:3], "affine": image.affine}
             images[path] = image
@@ -272,19 +279,19 @@ def check_run_inputs(runs: dict[str, list[dict]], tr: float, movie_duration_s: f
                                        f"dummy volumes (inputs.runs)")
     first = next(iter(runs.values()))
     table = [{key: run[key] for key in ("run", "session", "start_s", "dummy_volumes")} for run in first]
-    kept = [images[Path(run["bold"])].shape[3] - run["dummy_volumes"] for run in first]
-    timeline = plan_timeline(table, kept, tr, movie_duration_s, [Path(run["bold"]) for run in first])
+    timeline = plan_timeline(table, kept_volumes(runs, images), tr, movie_duration_s,
+                             [Path(run["bold"]) for run in first])
+
+    for sub, entries in runs.items():
+        for run, placed in zip(entries, timeline):
+            check_run_length(Path(run["bold"]), int(images[Path(run["bold"])].shape[3]), placed, tr)
+    check_tables({run_label(sub, run): (Path(run["confounds"]), int(images[Path(run["bold"])].shape[3]))
+                  for sub, entries in runs.items() for run in entries if run.get("confounds")},
+                 list(confound_columns))
 
     per_subject = {}
     for sub, entries in runs.items():
-        facts = []
-        for run, placed in zip(entries, timeline):
-            path = Path(run["bold"])
-            n_file = int(images[path].shape[3])
-            check_run_length(path, n_file, placed, tr)
-            if run.get("confounds"):
-                check_table(Path(run["confounds"]), list(confound_columns), n_file)
-            facts.append({**_run_files(run), "n_volumes_in_file": n_file})
+        facts = [{**_run_files(run), "n_volumes_in_file": int(images[Path(run["bold"])].shape[3])} for run in entries]
         for run in entries:
             scan = _scan_subject(images[Path(run["bold"])], Path(run["bold"]))
             if not scan["any_finite"]:

@@ -100,6 +100,24 @@ def mni_mask(info: dict) -> np.ndarray:
     return _resample_nearest(load_mni152_brain_mask(resolution=resolution), info)
 
 
+DATA_MASK_REFUSED = (
+    "no brain masks: fMRIPrep's preprocessed BOLD is not skull-stripped, so a mask from the data alone "
+    "(fmri.mask {method}: every finite, non-constant voxel) keeps voxels outside the brain. Give each run's "
+    "brain mask (inputs.brain_mask; inputs.bids finds *_desc-brain_mask.nii.gz beside the BOLD), set "
+    "fmri.mask to mni or a mask file, or set fmri.allow_data_mask: true to accept the data-derived mask")
+
+
+def check_mask_source(runs: dict[str, list[dict]], params: dict) -> None:
+    """Raise when fMRIPrep inputs have no brain masks and the mask would come from the data alone, which
+    the config did not accept (``fmri.allow_data_mask``); see :data:`DATA_MASK_REFUSED`."""
+    method = params.get("mask", "intersection")
+    has_masks = any(run.get("brain_mask") for entries in runs.values() for run in entries)
+    if params.get("fmriprep_inputs") and not has_masks and method in ("intersection", "majority") \
+            and not params.get("allow_data_mask"):
+        first = next(iter(runs.values()))[0]["bold"]
+        raise InputError(first, DATA_MASK_REFUSED.format(method=method))
+
+
 MISSING_MASK = "mask file not found (fmri.mask is neither intersection, majority, mni nor an existing file)"
 
 
@@ -198,16 +216,18 @@ def prepare_fmri(runs: dict[str, list[dict]], tr: float, params: dict, out_mask:
     were listed in ``inputs.runs``), each run is placed on the movie's clock and checked against its
     segment (:func:`giblet.fmri.inputs.check_run_inputs`); without, each subject has one file and
     ``short_subjects`` applies. ``params`` holds the config's ``fmri`` keys ``mask``,
-    ``majority_fraction``, ``short_subjects``, and ``confound_columns``: the columns every confounds
-    file must have. Writes ``out_mask`` (uint8 NIfTI) and ``out_info`` (JSON: the checked facts plus
-    ``"mask": report``), which must share a directory. On any error neither file is written and
+    ``majority_fraction``, ``short_subjects``, ``allow_data_mask``, ``fmriprep_inputs`` (see
+    :func:`check_mask_source`) and ``confound_columns``: the columns every confounds file must have.
+    Writes ``out_mask`` (uint8 NIfTI) and ``out_info`` (JSON: the checked facts plus ``"mask":
+    report``), which must share a directory. On any error neither file is written and
     existing files are untouched. Returns the info dict as written.
     """
-    from giblet.fmri.confounds import check_table
+    from giblet.fmri.confounds import check_tables
 
     out_mask, out_info = Path(out_mask), Path(out_info)
     if out_mask.parent.resolve() != out_info.parent.resolve():
         raise ValueError(f"{out_mask} and {out_info} must be in the same directory")
+    check_mask_source(runs, params)
     columns = list(params.get("confound_columns", []))
     if movie is not None:
         from giblet.stimulus.media import probe_movie
@@ -220,8 +240,8 @@ def prepare_fmri(runs: dict[str, list[dict]], tr: float, params: dict, out_mask:
             run = runs[sub][0]
             facts["runs"][0].update({key: str(run[key]) if run.get(key) else None
                                      for key in ("confounds", "brain_mask")})
-            if run.get("confounds"):
-                check_table(Path(run["confounds"]), columns, facts["n_trs"])
+        check_tables({f"sub-{sub}": (Path(runs[sub][0]["confounds"]), facts["n_trs"])
+                      for sub, facts in info["per_subject"].items() if runs[sub][0].get("confounds")}, columns)
     with atomic_output_dir(out_mask.parent) as tmp:
         report = build_mask(info, params.get("mask", "intersection"), params.get("majority_fraction", 0.5),
                             tmp / out_mask.name)

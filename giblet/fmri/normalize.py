@@ -221,19 +221,28 @@ def normalize_subject(bold: Path | list[dict], mask_path: Path, n_trs: int, fit_
 
 
 def _clean_runs(out: np.ndarray, reads: list[dict], cleaning: Cleaning | None, progress: bool) -> list[dict]:
-    """Clean each run's rows of ``out`` in place; returns, per run, what was done (for the sidecar)."""
+    """Clean each run's rows of ``out`` in place; returns, per run, what was done (for the sidecar). What
+    nilearn left out of a run's fit is a warning naming the file, in the rule's log."""
     from giblet.fmri.clean import clean_run, run_confounds
 
     done = []
     for read in progress_bar(reads, "normalize: clean", "run", progress):
         a, b = read["fmri"]
         confounds, high_motion = run_confounds(read, cleaning) if cleaning else (None, np.zeros(b - a, bool))
-        clean_run(out[a:b], confounds, high_motion, cleaning or Cleaning(tr=1.0))
+        notes = clean_run(out[a:b], confounds, high_motion, cleaning or Cleaning(tr=1.0),
+                          cleaning.confounds if cleaning else ())
         done.append({"bold": read["bold"], "timeline_trs": [a, b], "dummy_volumes_dropped": read["first"],
                      "confound_columns": list(cleaning.confounds) if confounds is not None else [],
-                     "high_motion_volumes": [int(v) for v in np.flatnonzero(high_motion)]})
+                     "high_motion_volumes": [int(v) for v in np.flatnonzero(high_motion)], **notes})
         if high_motion.any():
             log.info("%s: %d high-motion volumes interpolated", read["bold"], int(high_motion.sum()))
+        if (notes["high_pass"] or "").startswith("dropped"):
+            log.warning("%s: high-pass filter (fmri.high_pass_hz %g) not applied to this run: %s", read["bold"],
+                        cleaning.high_pass_hz, notes["high_pass"].removeprefix("dropped: "))
+        for column, why in notes["dropped_confounds"].items():
+            log.warning("%s: confound %r left out of the fit by nilearn: %s", read["bold"], column, why)
+        for notice in notes["nilearn_warnings"]:
+            log.warning("%s: nilearn.signal.clean: %s", read["bold"], notice)
     return done
 
 

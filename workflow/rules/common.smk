@@ -52,7 +52,7 @@ def final_targets():
     """What `snakemake` builds by default: the end of every branch of the DAG built so far."""
     evaluation = paths.evaluate(config)
     outputs = [v for k, v in evaluation.items() if k != "reconstructions"] + evaluation["reconstructions"]
-    return [str(p) for p in [paths.train(config)["model"], *outputs]]
+    return [str(p) for p in [paths.check(config), paths.train(config)["model"], *outputs]]
 
 
 def stage_resources(rule_name):
