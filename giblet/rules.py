@@ -17,7 +17,6 @@ FMRI_MASK_METHODS = ("intersection", "majority", "mni")  # any other fmri.mask v
 # The stimulus.frames keys extract_frames reads (features and clip are embed_frames'): a CLIP setting
 # must not rerun it.
 PIXEL_KEYS = ("enabled", "width", "height", "frame_skip")
-CHECKED_SECTIONS = ("results_dir", "tr", "dataset", "inputs", "stimulus", "fmri", "split", "demo")
 
 
 def _evaluate(config: dict, *keys: str) -> dict:
@@ -31,8 +30,7 @@ def params(rule: str, config: dict) -> dict:
     """
     stimulus, fmri, tr = config["stimulus"], config["fmri"], config["tr"]
     table = {
-        # The check reads every input-side section (and results_dir, where the demo's inputs are).
-        "check_inputs": lambda: {"config": {key: config[key] for key in CHECKED_SECTIONS}},
+        "check_inputs": lambda: {"config": _checked(config)},
         "demo_dataset": lambda: {"demo": config["demo"], "tr": tr},
         "extract_frames": lambda: {"settings": {key: stimulus["frames"][key] for key in PIXEL_KEYS}, "tr": tr},
         # Frames are sampled as extract_frames samples them (frame_skip), then embedded by CLIP.
@@ -72,6 +70,20 @@ def params(rule: str, config: dict) -> dict:
         "report_results": lambda: {"space": paths.space(config)},
     }
     return table[rule]()
+
+
+def _checked(config: dict) -> dict:
+    """The part of the config ``check_inputs`` reads (:mod:`giblet.preflight`): the inputs and the keys
+    that judge them, so that no other key (a frame size, a normalization) reruns it."""
+    stimulus, fmri = config["stimulus"], config["fmri"]
+    return {"results_dir": config["results_dir"], "tr": config["tr"], "dataset": config["dataset"],
+            "inputs": config["inputs"], "demo": {"n_subjects": config["demo"]["n_subjects"]},
+            "stimulus": {**{m: {"enabled": s["enabled"]} for m, s in stimulus.items()},
+                         "text": {key: stimulus["text"][key] for key in ("enabled", "columns")}},
+            "fmri": {**{key: fmri[key] for key in ("mask", "allow_data_mask", "short_subjects", "shift_trs",
+                                                   "confounds")},
+                     "motion": {"fd_threshold_mm": fmri["motion"]["fd_threshold_mm"]}},
+            "split": config["split"]}
 
 
 def _runs_table(config: dict) -> dict:

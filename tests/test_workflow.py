@@ -47,7 +47,7 @@ def test_dry_run_on_the_default_config(workflow_copy):
     result = snakemake(workflow_copy, "-n")
     assert result.returncode == 0, result.stderr
     # The whole plan, every subject's z-scoring included: no checkpoint hides a part of it.
-    assert planned_jobs(result) == {"demo_dataset": 1, "extract_frames": 1, "encode_audio": 1, "embed_text": 1,
+    assert planned_jobs(result) == {"check_inputs": 1, "demo_dataset": 1, "extract_frames": 1, "encode_audio": 1, "embed_text": 1,
                                     "pretrain_frames": 1, "pretrain_audio": 1, "fmri_mask": 1, "plan_split": 1, "normalize_fmri": 4, "average_fmri": 1,
                                     "assemble_dataset": 1, "train": 1, "baseline_ridge": 1, **MODEL_READERS,
                                     "all": 1}
@@ -178,7 +178,8 @@ def test_demo_through_snakemake_and_only_stale_stages_rerun(finished_demo, tmp_p
     with open(results / "demo" / "movie.mp4", "ab") as f:
         f.write(b"\0" * 64)  # trailing bytes: a new file as far as Snakemake can tell, still decodable
     planned = planned_jobs(snakemake(workflow_copy, "--configfile", overlay, "-n"))
-    assert planned == {"extract_frames": 1, "encode_audio": 1, "embed_text": 1, "pretrain_frames": 1,
+    # check_inputs reads the movie too (a changed input is checked again); nothing reads its report.
+    assert planned == {"check_inputs": 1, "extract_frames": 1, "encode_audio": 1, "embed_text": 1, "pretrain_frames": 1,
                        "pretrain_audio": 1, "plan_split": 1, "normalize_fmri": 3,
                        "average_fmri": 1, "assemble_dataset": 1, "train": 1, "baseline_ridge": 1, **MODEL_READERS,
                        "all": 1}

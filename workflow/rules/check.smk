@@ -4,7 +4,8 @@
 rule check_inputs:
     """Check the whole input set at once (BOLD headers, runs on the movie's clock, confounds, brain
     masks, movie, annotations, split) and list every problem in the log. Nothing reads its report, so
-    it reruns no other stage; it runs first (highest priority) and a failure stops the run."""
+    it reruns no other stage; the highest priority starts it with the first jobs, and once it fails
+    Snakemake starts nothing more."""
     input:
         **stage_inputs("check_inputs"),
     output:
