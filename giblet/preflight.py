@@ -67,6 +67,9 @@ class Findings:
             self.add("error", where, err.path, err.problem)
         except (ConfigError, SplitError) as err:
             self.add("error", where, None, str(err))
+        except Exception as err:  # noqa: BLE001 - a file no reader expected (binary, truncated): keep checking
+            log.debug("check of %s failed", where, exc_info=True)
+            self.add("error", where, None, f"could not be checked: {type(err).__name__}: {err}")
 
     def at(self, where: str) -> str:
         """The worst severity recorded for ``where``, or "ok"."""
@@ -240,13 +243,19 @@ def _confounds(runs: dict, images: dict, config: dict, findings: Findings) -> No
         with findings.collect(label):
             read_confounds(path, columns, n_volumes)  # gaps past the leading row
             flagged = [name for name in read_header(path) if name.startswith(NON_STEADY_STATE)]
-            volumes = sorted(int(np.argmax(column)) for column in read_confounds(path, flagged, n_volumes).T)
+            volumes = sorted(int(np.argmax(column)) for column in read_confounds(path, flagged, n_volumes).T) \
+                if flagged else []
             used = [v for v in volumes if v >= run["dummy_volumes"]]
             if used:
                 findings.add("warning", label, path, f"fMRIPrep flagged volume(s) {used} as non-steady-state "
                                                      f"({NON_STEADY_STATE}* columns), but inputs.runs drops only "
                                                      f"the first {run['dummy_volumes']}: raise dummy_volumes to "
                                                      f"{used[-1] + 1} if they lead the run")
+            elif len(volumes) < run["dummy_volumes"]:
+                findings.add("warning", label, path, f"inputs.runs drops {run['dummy_volumes']} dummy volume(s) but "
+                                                     f"fMRIPrep flagged {len(volumes)} as non-steady-state: if the "
+                                                     f"scanner already discarded its dummies, the dropped volumes "
+                                                     f"are movie and the run starts late")
 
 
 def _brain_masks(runs: dict, images: dict, config: dict, fmriprep: bool, findings: Findings) -> None:

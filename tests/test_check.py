@@ -243,3 +243,20 @@ def test_giblet_check_reports_every_problem_of_a_bad_set_in_one_run(study, tmp_p
     assert "sub-01 run-1" in lacking_message  # the runs whose tables have the column
     text = format_report(report)
     assert "5 error(s)" in text and str(short) in text and "sub-03 run-2" in text
+
+
+def test_a_binary_table_and_unflagged_dummies_are_reported_and_the_check_goes_on(study, tmp_path):
+    garbage = Path(study.path("confounds", "02", "2"))
+    garbage.write_bytes(bytes(range(256)) * 40)  # not text at all
+    unflagged = Path(study.path("confounds", "03", "1"))  # fMRIPrep found no non-steady-state volume
+    table = pd.read_csv(unflagged, sep="\t", na_values="n/a")
+    table.drop(columns=[c for c in table if c.startswith("non_steady_state")]).to_csv(
+        unflagged, sep="\t", index=False, na_rep="n/a")
+    report = check_inputs(config_of(study, tmp_path / "results"))
+    problems = {p["where"]: p for p in report["problems"]}
+    assert report["errors"] == 1 and problems["sub-02 run-2"]["severity"] == "error"
+    assert "sub-02 run-2" in format_report(report)
+    assert problems["sub-03 run-1"]["severity"] == "warning"
+    assert "already discarded its dummies" in problems["sub-03 run-1"]["message"]
+    assert {row["run"]: row["status"] for row in report["runs"]}["sub-01 run-1"] == "ok"
+    assert report["split"] is not None  # the rest was still checked

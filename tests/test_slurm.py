@@ -98,6 +98,9 @@ def test_demo_on_slurm_every_job_submitted_and_training_resumes_after_a_signal(s
                             "assemble_dataset", "train", "train", "baseline_ridge",
                             "evaluate", "plot_reconstructions", "lesion"])
     assert (workflow_copy / "results" / "evaluate" / "training.png").exists()  # made by a local rule
+    # The pre-flight check ran in the Snakemake process itself, and passed.
+    assert re.search(r"^localrule check_inputs:", output, re.M)
+    assert json.loads((workflow_copy / "results" / "check" / "inputs.json").read_text())["ok"] is True
     # The profile's cluster options reached sbatch (--verbose logs each call).
     calls = {re.search(r"--comment '?rule_(\w+?)(?:_wildcards\S*)?'? ", call).group(1): call
              for call in re.findall(r"sbatch call: (.+)", output)}

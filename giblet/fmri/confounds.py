@@ -23,8 +23,11 @@ def read_header(path: Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "confounds file not found")
-    with open(path) as f:
-        return f.readline().rstrip("\n\r").split("\t")
+    try:
+        with open(path) as f:
+            return f.readline().rstrip("\n\r").split("\t")
+    except UnicodeDecodeError as err:
+        raise InputError(path, f"is not a text table (tab-separated): {err}") from err
 
 
 def check_columns(path: Path, columns: list[str]) -> None:
@@ -72,8 +75,11 @@ def _check_rows(path: Path, rows: int, n_volumes: int) -> None:
 
 def count_rows(path: Path) -> int:
     """Data rows of a TSV (non-blank lines after the header)."""
-    with open(path) as f:
-        return sum(1 for line in f if line.strip()) - 1
+    try:
+        with open(path) as f:
+            return sum(1 for line in f if line.strip()) - 1
+    except UnicodeDecodeError as err:
+        raise InputError(path, f"is not a text table (tab-separated): {err}") from err
 
 
 def table_problems(tables: dict[str, tuple[Path, int]], columns: list[str]) -> list[InputError]:
