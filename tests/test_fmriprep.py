@@ -255,6 +255,8 @@ def test_fmriprep_example_runs_end_to_end(workflow_copy):
     assert manifest["arrays"]["fmri"]["shape"][0] == 150
     metrics = json.loads((results / "evaluate" / "metrics" / "metrics.json").read_text())
     assert metrics["n_test"] > 0
+    check = json.loads((results / "check" / "inputs.json").read_text())
+    assert check["ok"] and [row["status"] for row in check["runs"]] == ["ok"] * 6
     files = ("--configfile", "config/fmriprep_example.yaml", "config/offline.yaml")
     again = snakemake(workflow_copy, *files, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -273,12 +275,17 @@ def test_fmriprep_example_runs_end_to_end(workflow_copy):
     assert plan.get("fmri_mask") == 1 and plan.get("normalize_fmri") == 3, plan
     assert "extract_frames" not in plan, plan
 
-    # Bad input: a table without a column giblet regresses out fails fmri_mask, naming the table and the
-    # column, in the rule's log as well as on the console; the other inputs are untouched.
+    # Bad input: a table without a column giblet regresses out fails the pre-flight check first, then
+    # (asked for alone) fmri_mask, each naming the table and the column, in the rule's log as well as
+    # on the console; the other inputs are untouched.
     other = Path(study.path("confounds", "01", "1"))
     before = other.read_bytes()
     edited.drop(columns=["rot_z"]).to_csv(table, sep="\t", index=False, na_rep="n/a")
     failed = snakemake(workflow_copy, *files)
+    assert failed.returncode != 0 and "check_inputs failed" in failed.stderr
+    log = (results / "logs" / "check_inputs.log").read_text()
+    assert str(table.relative_to(workflow_copy)) in log and "'rot_z'" in log and "sub-01 run-1" in log
+    failed = snakemake(workflow_copy, str((results / "fmri" / "fmri.json").relative_to(workflow_copy)), *files)
     assert failed.returncode != 0
     log = (results / "logs" / "fmri_mask.log").read_text()
     message = next(line for line in log.splitlines() if "fmri_mask failed" in line)
