@@ -102,6 +102,7 @@ BENCHMARKS = {
     "optimizer_memory": _lazy("training_speed", "optimizer_memory"),
     "gpu_training": _lazy("training_speed", "gpu_training"),
     "snakemake_noop": _lazy("snakemake_noop", "snakemake_noop"),
+    "input_check": _lazy("check_speed", "input_check"),
     "slurm_roundtrip": _lazy("slurm_roundtrip", "slurm_roundtrip"),
     "quality": _lazy("quality", "quality"),
 }
