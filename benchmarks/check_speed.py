@@ -76,12 +76,15 @@ def input_check(quick: bool) -> dict:
         probe_movie(root / "movie.mp4")
         reference_s = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        report = check_inputs(config)
-        format_report(report)
-        check_s = time.perf_counter() - t0
+        seconds = []
+        for _ in range(2):  # the first pays the imports (pandas, the config schema), as `giblet check` does
+            t0 = time.perf_counter()
+            report = check_inputs(config)
+            format_report(report)
+            seconds.append(time.perf_counter() - t0)
     if not report["ok"]:
         raise RuntimeError(f"the benchmark's data set should pass: {report['problems']}")
     return {"subjects": n_subjects, "trs": N_TRS, "grid": list(SHAPE),
-            "check_seconds": round(check_s, 3), "reference_headers_seconds": round(reference_s, 3),
-            "ratio_check_vs_headers": round(check_s / reference_s, 2), "goal_seconds": 60}
+            "check_seconds_first": round(seconds[0], 3), "check_seconds_again": round(seconds[1], 3),
+            "reference_headers_seconds": round(reference_s, 3),
+            "ratio_check_again_vs_headers": round(seconds[1] / reference_s, 2), "goal_seconds": 60}
