@@ -57,14 +57,16 @@ def write_confounds(path: Path, n_volumes: int, rng: np.random.Generator) -> np.
 def nilearn_in_memory(masked: np.ndarray, path: Path, n: int) -> np.ndarray:
     """Reference: nilearn.signal.clean on one run's masked kept volumes (in memory), then its mean removed."""
     import pandas as pd
-    from nilearn.signal import clean
+    from nilearn.signal import clean, create_cosine_drift
 
     table = pd.read_csv(path, sep="\t", na_values="n/a").fillna(0)
     keep = np.flatnonzero(table["framewise_displacement"].to_numpy()[DUMMIES:] <= 0.5)
+    drift = create_cosine_drift(0.008, np.arange(n) * TR)[:, :-1]  # the high-pass, as the stage passes it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out = clean(masked.astype(np.float64), detrend=True, confounds=table[COLUMNS].to_numpy()[DUMMIES:],
-                    standardize=False, filter="cosine", high_pass=0.008, t_r=TR, sample_mask=keep)
+        out = clean(masked.astype(np.float64), detrend=True,
+                    confounds=np.hstack([table[COLUMNS].to_numpy()[DUMMIES:], drift]),
+                    standardize=False, filter=False, t_r=TR, sample_mask=keep)
     return out - out.mean(axis=0)
 
 

@@ -15,8 +15,8 @@ from nilearn.signal import clean, create_cosine_drift
 
 from giblet import paths, stages
 from giblet.config import apply_overrides, validate_config
-from giblet.evaluate.report_results import cleaning_row
-from giblet.fmri.clean import Cleaning, fit_notes
+from giblet.evaluate.cleaning_summary import cleaning_row
+from giblet.fmri.clean import Cleaning, clean_run, fit_notes
 from tests.fmriprep_like import giblet_config, write_fmriprep_like
 
 TR = 1.5
@@ -37,24 +37,30 @@ def run():
     return {"n": n, "signals": signals, "drift": drift, "motion": rng.standard_normal((n, 3))}
 
 
-def test_a_confound_like_a_cosine_term_drops_the_high_pass_as_nilearn_does(run):
+def test_a_confound_like_a_cosine_term_would_drop_nilearns_filter_but_giblet_applies_the_high_pass(run):
     n, signals = run["n"], run["signals"]
     like_cosine = run["drift"][:, :1] + 0.01 * np.random.default_rng(1).standard_normal((n, 1))
     confounds = np.hstack([run["motion"], like_cosine])
     names = ("trans_x", "trans_y", "trans_z", "cosine00")
-    notes = fit_notes(confounds, names, np.arange(n), n, Cleaning(tr=TR, confounds=names, high_pass_hz=HIGH_PASS))
-    assert notes["high_pass"].startswith("dropped") and "'cosine00'" in notes["high_pass"]
-    assert notes["dropped_confounds"] == {}
-    # nilearn itself: with its filter asked for, the same as without it.
+    cleaning = Cleaning(tr=TR, confounds=names, high_pass_hz=HIGH_PASS)
+    # nilearn's own filter: asked for, yet the same as without it.
     with pytest.warns(UserWarning, match="Cosine filter"):
         filtered = nilearn_clean(signals, confounds)
     np.testing.assert_allclose(filtered, nilearn_clean(signals, confounds, high_pass=None), atol=1e-10)
 
-    # Without that column the filter is applied, and it changes the data.
+    notes = fit_notes(confounds, names, np.arange(n), n, cleaning)
+    assert notes["high_pass"].startswith(f"applied: {run['drift'].shape[1]} cosine term(s)")
+    assert "would have dropped them: confound 'cosine00'" in notes["high_pass"]
+    # giblet's run: nilearn's fit with the drift terms among the confounds, which differs from its filter.
+    rows = signals.astype(np.float32)
+    clean_run(rows, confounds, np.zeros(n, bool), cleaning, names)
+    expected = nilearn_clean(signals, np.hstack([confounds, run["drift"]]), high_pass=None)
+    np.testing.assert_allclose(rows, expected - expected.mean(0), atol=1e-4)
+    assert np.abs(expected - filtered).max() > 0.1
+
     notes = fit_notes(run["motion"], names[:3], np.arange(n), n,
                       Cleaning(tr=TR, confounds=names[:3], high_pass_hz=HIGH_PASS))
-    assert notes["high_pass"] == "applied"
-    assert not np.allclose(nilearn_clean(signals, run["motion"]), nilearn_clean(signals, run["motion"], None))
+    assert notes["high_pass"] == f"applied: {run['drift'].shape[1]} cosine term(s) below 0.01 Hz"
 
 
 def test_a_run_too_short_for_any_cosine_term_gets_no_high_pass(run):
@@ -74,7 +80,7 @@ def test_constant_and_collinear_confounds_are_named_and_really_contribute_nothin
     confounds = np.hstack([motion, constant, combination])
     names = ("trans_x", "trans_y", "trans_z", "motion_outlier00", "combined")
     notes = fit_notes(confounds, names, np.arange(n), n, Cleaning(tr=TR, confounds=names, high_pass_hz=HIGH_PASS))
-    assert notes["high_pass"] == "applied"
+    assert notes["high_pass"].startswith("applied")
     assert notes["dropped_confounds"]["motion_outlier00"] == "constant in this run"
     assert len(notes["dropped_confounds"]) == 2  # and one of the collinear trio
     (collinear, why), = [(k, v) for k, v in notes["dropped_confounds"].items() if k != "motion_outlier00"]
@@ -92,11 +98,11 @@ def test_constant_and_collinear_confounds_are_named_and_really_contribute_nothin
 
 
 def test_a_dropped_high_pass_reaches_the_sidecar_the_log_and_the_report(tmp_path):
-    """fMRIPrep's own ``cosine00`` among the confounds, with ``fmri.high_pass_hz``: nilearn drops its
-    filter in every run; each run's record, the rule's log and the report say so, naming the file."""
-    fixture = write_fmriprep_like(tmp_path / "study")
+    """A first run of 30 volumes (45 s) is too short for a cosine term below 0.01 Hz: its high-pass is
+    not applied, the second run's is; the run's record, the rule's log and the report say so, naming
+    the file."""
+    fixture = write_fmriprep_like(tmp_path / "study", trs_per_run=(30, 80))
     raw = giblet_config(fixture, str(tmp_path / "results"))
-    raw["fmri"]["confounds"] = list(fixture.confound_columns) + ["cosine00"]
     config = validate_config(apply_overrides(raw, ["stimulus.audio.enabled=false", "stimulus.text.enabled=false"]))
     Path(paths.fmri(config)["info"]).parent.mkdir(parents=True)
     Path(paths.dataset(config)["split"]).parent.mkdir(parents=True)
@@ -108,16 +114,14 @@ def test_a_dropped_high_pass_reaches_the_sidecar_the_log_and_the_report(tmp_path
     logging.getLogger().handlers.clear()
 
     sidecar = json.loads(Path(str(paths.fmri(config)["z_sidecar"]).format(subject="02")).read_text())
-    runs = sidecar["parameters"]["cleaning"]["runs"]
-    assert len(runs) == 2
-    for record in runs:
-        assert record["high_pass"].startswith("dropped: confound 'cosine00' correlates")
+    short, long = sidecar["parameters"]["cleaning"]["runs"]
+    assert short["high_pass"] == "dropped: the run (30 volumes, 45 s) is too short for a cosine term below 0.01 Hz"
+    assert long["high_pass"].startswith("applied: 2 cosine term(s)")
     log = log_file.read_text()
-    for record in runs:
-        line = next(line for line in log.splitlines() if record["bold"] in line and "high-pass" in line)
-        assert "not applied to this run" in line and "cosine00" in line
+    lines = [line for line in log.splitlines() if "high-pass" in line]
+    assert len(lines) == 1 and short["bold"] in lines[0] and "not applied to this run" in lines[0]
 
     label, text = cleaning_row([sidecar])
-    assert label == "cleaning" and "HIGH-PASS NOT APPLIED in 2 of 2 runs" in text
-    assert all(Path(record["bold"]).name in text for record in runs)
+    assert label == "cleaning" and "HIGH-PASS NOT APPLIED in 1 of 2 runs" in text
+    assert Path(short["bold"]).name in text and Path(long["bold"]).name not in text
     assert "interpolated (FD > 0.5 mm)" in text

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from giblet.errors import InputError
+from giblet.evaluate.cleaning_summary import cleaning_row
 from giblet.files import atomic_output_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -160,33 +161,6 @@ def about_rows(metrics: dict, ridge: dict, manifest: dict, fmri_info: dict, zoom
     rows.append(["chance", "r: 95th percentile of the circular-shift null; identification: 1 / number of test TRs"])
     rows.append(["headline", headline(metrics, ridge)])
     return [["", "this run"]] + rows
-
-
-def cleaning_row(sidecars: list[dict]) -> list[str] | None:
-    """The "cleaning" row of what was run, from the z arrays' sidecars: what was asked for, then, run by
-    run, what nilearn left out of it (a dropped high-pass, confounds left out); None without cleaning."""
-    runs = [run for sidecar in sidecars for run in _get(sidecar, "parameters.cleaning.runs") or []]
-    if not runs:
-        return None
-    asked = next(_get(sidecar, "parameters.cleaning") for sidecar in sidecars if _get(sidecar, "parameters.cleaning"))
-    parts = [f"{len(asked['confounds'])} confounds" if asked.get("confounds") else "no confounds",
-             f"cosine high-pass {asked['high_pass_hz']:g} Hz" if asked.get("high_pass_hz") else "no high-pass",
-             "linear detrend" if asked.get("detrend") else None]
-    text = f"each of {len(runs)} runs: " + ", ".join(p for p in parts if p) + "; mean removed per run"
-    interpolated = sum(len(run.get("high_motion_volumes", [])) for run in runs)
-    if asked.get("fd_threshold_mm") is not None:
-        text += f"; {interpolated} high-motion volumes interpolated (FD > {asked['fd_threshold_mm']:g} mm)"
-    dropped = [(Path(run["bold"]).name, run["high_pass"]) for run in runs
-               if (run.get("high_pass") or "").startswith("dropped")]
-    if dropped:
-        text += (f". HIGH-PASS NOT APPLIED in {len(dropped)} of {len(runs)} runs: "
-                 + "; ".join(f"{name} ({why.removeprefix('dropped: ')})" for name, why in dropped))
-    left_out = [(Path(run["bold"]).name, column, why) for run in runs
-                for column, why in (run.get("dropped_confounds") or {}).items()]
-    if left_out:
-        text += ". Confounds left out of the fit by nilearn: " + "; ".join(
-            f"{column} in {name} ({why})" for name, column, why in left_out)
-    return ["cleaning", text]
 
 
 def headline(metrics: dict, ridge: dict) -> str:

@@ -3,8 +3,9 @@
 Each run is cleaned on its own, before the runs are joined and z-scored (:mod:`giblet.fmri.normalize`):
 
 1. ``nilearn.signal.clean`` regresses out the confounds TSV's ``fmri.confounds`` columns (standardised,
-   as nilearn does), a linear trend (``fmri.detrend``) and a cosine drift basis below
-   ``fmri.high_pass_hz``, all in one least-squares fit, per voxel;
+   as nilearn does), a linear trend (``fmri.detrend``) and nilearn's cosine drift basis below
+   ``fmri.high_pass_hz`` (built by ``nilearn.signal.create_cosine_drift`` and passed with the
+   confounds), all in one least-squares fit, per voxel;
 2. the run's mean is removed, so runs acquired at different baselines join without a step (one
    constant per run and voxel, learnt from no stimulus);
 3. high-motion volumes (``framewise_displacement`` above ``fmri.motion.fd_threshold_mm``) are
@@ -15,11 +16,14 @@ Each run is cleaned on its own, before the runs are joined and z-scored (:mod:`g
 
 Voxels are cleaned in blocks, so memory stays at the run's length x ``BLOCK_VOXELS`` in float64.
 
-nilearn may quietly leave part of the requested fit out: its cosine basis, when a confound already
-correlates above 0.9 with one of its terms or the run is too short for any, and confounds that are
-constant or a combination of the others (its pivoted QR). :func:`fit_notes` decides this as nilearn
-does, so each run's record (the z array's sidecar, the rule's log, the report) says what was really
-removed.
+The cosine terms are passed as confounds, not as nilearn's ``filter="cosine"``, because nilearn then
+drops its whole basis for the run whenever any confound correlates above 0.9 with one of its terms,
+taking it for a user-supplied drift regressor: slow head-motion drifts do (in every run of the
+tests' fMRIPrep-like data set), and the high-pass asked for would silently not happen.
+Regressing both is harmless. What can still not be done is recorded by :func:`fit_notes`: a run too
+short for any cosine term below the cut-off, and confounds the fit leaves out because they are
+constant or a combination of the others (nilearn's pivoted QR). Each run's record (the z array's
+sidecar, the rule's log, the report) says what was really removed.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import numpy as np
 from giblet.fmri.confounds import FRAMEWISE_DISPLACEMENT, read_confounds
 
 BLOCK_VOXELS = 16384
-COSINE_CORRELATION = 0.9  # nilearn keeps only the confounds when one correlates above this with a cosine
+COSINE_CORRELATION = 0.9  # nilearn's filter="cosine" drops its basis when a confound correlates above this
 RANK_TOLERANCE = 100 * np.finfo(np.float64).eps  # nilearn's pivoted QR drops directions below this
 
 
@@ -76,15 +80,25 @@ def run_confounds(read: dict, cleaning: Cleaning) -> tuple[np.ndarray | None, np
     return (table if table.shape[1] else None), high_motion
 
 
+def drift_terms(n: int, cleaning: Cleaning) -> np.ndarray:
+    """nilearn's cosine drift regressors below ``high_pass_hz`` over a run of ``n`` volumes, the constant
+    left out: (n, k), k = 0 when none is asked for or the run is too short for one."""
+    from nilearn.signal import create_cosine_drift
+
+    if not cleaning.high_pass_hz:
+        return np.empty((n, 0))
+    return create_cosine_drift(cleaning.high_pass_hz, np.arange(n) * cleaning.tr)[:, :-1]
+
+
 def fit_notes(confounds: np.ndarray | None, names: tuple[str, ...], kept: np.ndarray, n: int,
               cleaning: Cleaning) -> dict:
-    """What ``nilearn.signal.clean`` will leave out of one run's fit, decided as nilearn decides.
+    """What one run's fit really removes, decided as nilearn decides.
 
     ``confounds`` (n, k) regressors (columns ``names``) or None; ``kept`` the volumes in the fit (the
-    others are high-motion). Returns ``{"high_pass": None (not asked) | "applied" | "dropped: why",
-    "dropped_confounds": {column: why}}``.
+    others are high-motion). Returns ``{"high_pass": None (not asked) | "applied: ..." | "dropped:
+    why", "dropped_confounds": {column: why}}``. An applied high-pass notes when nilearn's own filter
+    would have dropped it (see the module docstring).
     """
-    from nilearn.signal import create_cosine_drift
     from scipy.linalg import qr
     from scipy.signal import detrend
 
@@ -92,18 +106,18 @@ def fit_notes(confounds: np.ndarray | None, names: tuple[str, ...], kept: np.nda
     design = np.empty((n, 0)) if confounds is None else np.asarray(confounds, dtype=np.float64)
     labels = list(names) if confounds is not None else []
     if cleaning.high_pass_hz:
-        # Over every volume of the run, before censoring, as nilearn builds it.
-        cosines = create_cosine_drift(cleaning.high_pass_hz, np.arange(n) * cleaning.tr)[:, :-1]
-        correlation = _cross_correlation(cosines, design)
+        cosines = drift_terms(n, cleaning)
         if cosines.shape[1] == 0:
             notes["high_pass"] = (f"dropped: the run ({n} volumes, {n * cleaning.tr:g} s) is too short for a "
                                   f"cosine term below {cleaning.high_pass_hz:g} Hz")
-        elif correlation.size and np.nanmax(correlation) > COSINE_CORRELATION:
-            term, column = np.unravel_index(np.nanargmax(correlation), correlation.shape)
-            notes["high_pass"] = (f"dropped: confound {labels[column]!r} correlates {correlation[term, column]:.2f} "
-                                  f"with cosine term {term + 1}, and nilearn then uses the confounds alone")
         else:
-            notes["high_pass"] = "applied"
+            notes["high_pass"] = f"applied: {cosines.shape[1]} cosine term(s) below {cleaning.high_pass_hz:g} Hz"
+            correlation = _cross_correlation(cosines, design)
+            if correlation.size and np.nanmax(correlation) > COSINE_CORRELATION:
+                term, column = np.unravel_index(np.nanargmax(correlation), correlation.shape)
+                notes["high_pass"] += (f" (nilearn's own filter would have dropped them: confound "
+                                       f"{labels[column]!r} correlates {correlation[term, column]:.2f} with term "
+                                       f"{term + 1})")
             design = np.hstack([design, cosines])
             labels += [f"cosine term {k + 1}" for k in range(cosines.shape[1])]
     if not design.shape[1]:
@@ -117,9 +131,7 @@ def fit_notes(confounds: np.ndarray | None, names: tuple[str, ...], kept: np.nda
     _, r, order = qr(standardized, mode="economic", pivoting=True)
     rank = int((np.abs(np.diag(r)) > RANK_TOLERANCE).sum())
     for column in sorted(order[rank:]):
-        if labels[column].startswith("cosine term"):
-            why = "collinear with the confounds"
-        elif spread[column] < np.finfo(np.float64).eps:
+        if spread[column] < np.finfo(np.float64).eps:
             why = "constant in this run" + (" once detrended (a linear trend)" if cleaning.detrend else "")
         else:
             why = "a linear combination of the other regressors"
@@ -150,9 +162,10 @@ def clean_run(rows: np.ndarray, confounds: np.ndarray | None, high_motion: np.nd
     kept = np.flatnonzero(~high_motion)
     if len(kept) < 2:
         raise ValueError(f"only {len(kept)} of {n} volumes are below the motion threshold")
-    options = {"detrend": cleaning.detrend, "confounds": confounds, "standardize": False,
-               "filter": "cosine" if cleaning.high_pass_hz else False, "high_pass": cleaning.high_pass_hz,
-               "t_r": cleaning.tr, "sample_mask": kept if len(kept) < n else None}
+    regressors = np.hstack([np.empty((n, 0)) if confounds is None else confounds, drift_terms(n, cleaning)])
+    options = {"detrend": cleaning.detrend, "confounds": regressors if regressors.shape[1] else None,
+               "standardize": False, "filter": False, "t_r": cleaning.tr,
+               "sample_mask": kept if len(kept) < n else None}
     notes = fit_notes(confounds, names, kept, n, cleaning)
     notices = set()
     for start in range(0, rows.shape[1], BLOCK_VOXELS):
