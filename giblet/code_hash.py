@@ -6,6 +6,13 @@ read from the source with :mod:`ast` (nothing is imported), starting from the im
 stage's function in :mod:`giblet.stages` and following every ``giblet`` import of each module reached,
 including those inside functions, the ``__init__.py`` of every package on the way, and a package's
 ``__main__.py`` (training starts its torchrun processes with ``python -m giblet.train``).
+
+Walking the imports takes ~0.4 s for every rule, at every start of Snakemake, so the hashes are kept
+in a cache keyed by the package's own content: a digest of every ``.py`` file's path and bytes under
+the package folder (reading ~1 MB: milliseconds). A hash depends on nothing else (which files exist,
+what they hold), so a cached value is never stale: any edit, added or removed module gives another
+key. The cache lives in ``$GIBLET_CACHE_DIR``, else ``$XDG_CACHE_HOME/giblet``, else
+``~/.cache/giblet``; where it cannot be written, hashes are computed every time.
 """
 
 from __future__ import annotations
@@ -13,10 +20,14 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import json
+import os
+import tempfile
 from pathlib import Path
 
 PACKAGE = "giblet"
 PACKAGE_ROOT = Path(__file__).parent
+CACHE_FILES_KEPT = 20  # newest cache files kept (one per package version seen)
 
 
 def module_file(module: str, root: Path = PACKAGE_ROOT) -> Path | None:
@@ -103,10 +114,69 @@ def _stage_function(stage: str, root: Path) -> ast.FunctionDef:
     raise KeyError(f"no stage {stage!r} in {root / 'stages.py'}")
 
 
-def stage_code_hash(stage: str, root: Path = PACKAGE_ROOT) -> str:
-    """16 hex digits over the stage function's source and every file it reaches (path and bytes)."""
+def _compute_stage_hash(stage: str, root: Path) -> str:
     digest = hashlib.sha256(ast.unparse(_stage_function(stage, root)).encode())
     for path in sorted(stage_files(stage, root)):
         digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def package_fingerprint(root: Path = PACKAGE_ROOT) -> str:
+    """A digest of every ``.py`` file under ``root``: its path relative to ``root`` and its bytes."""
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        if "__pycache__" in path.parts:
+            continue
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def cache_dir() -> Path:
+    """Where the hashes are cached (see the module docstring)."""
+    if os.environ.get("GIBLET_CACHE_DIR"):
+        return Path(os.environ["GIBLET_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "giblet"
+
+
+def _cache_file(root: Path) -> Path:
+    """The cache file of the package as it is now (its fingerprint: ~2 ms, computed at every call, so
+    an edit made while this process runs counts too)."""
+    return cache_dir() / f"code-hash-{package_fingerprint(root)[:32]}.json"
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return cached if isinstance(cached, dict) else {}
+
+
+def _write_cache(path: Path, hashes: dict) -> None:
+    """Atomically (a reader sees the old file or the new one); keep the newest CACHE_FILES_KEPT files."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(hashes, f)
+        os.replace(tmp, path)
+        old = sorted(path.parent.glob("code-hash-*.json"), key=lambda p: p.stat().st_mtime)[:-CACHE_FILES_KEPT]
+        for stale in old:
+            stale.unlink(missing_ok=True)
+    except OSError:
+        pass  # a read-only home: no cache, the hashes are still right
+
+
+def stage_code_hash(stage: str, root: Path = PACKAGE_ROOT) -> str:
+    """16 hex digits over the stage function's source and every file it reaches (path and bytes);
+    from the cache when this version of the package has been hashed before."""
+    root = Path(root).resolve()
+    path = _cache_file(root)
+    hashes = _read_cache(path)
+    if stage not in hashes:
+        hashes[stage] = _compute_stage_hash(stage, root)
+        _write_cache(path, hashes)
+    return hashes[stage]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,9 @@ import pytest
 from giblet.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
+# The code-hash cache (giblet/code_hash.py) of this session, for it and every Snakemake it starts:
+# not the user's ~/.cache.
+os.environ.setdefault("GIBLET_CACHE_DIR", tempfile.mkdtemp(prefix="giblet-cache-"))
 
 # A demo small enough for tests (8 mm grid: 3,666 voxels; a 64x36 movie) but with every moving part.
 SMALL_DEMO = [

@@ -142,3 +142,58 @@ def test_the_rules_know_the_mask_methods_the_mask_stage_knows():
     from giblet.fmri.mask import METHODS
 
     assert rules.FMRI_MASK_METHODS == METHODS
+
+
+# ---- the cache: the walk runs once per version of the package, and a cached hash is never stale --
+
+def test_the_cache_is_used_and_never_stale(package_copy, tmp_path, monkeypatch):
+    import os
+
+    from giblet import code_hash
+
+    monkeypatch.setenv("GIBLET_CACHE_DIR", str(tmp_path / "cache"))
+    root = Path(shutil.copytree(package_copy, tmp_path / "giblet"))
+    first = stage_code_hash("fmri_mask", root)
+    assert first == code_hash._compute_stage_hash("fmri_mask", root.resolve())
+    assert len(list((tmp_path / "cache").glob("code-hash-*.json"))) == 1
+
+    # A hit does not walk the imports.
+    def no_walk(*args):
+        raise AssertionError("the cache was not used")
+    with monkeypatch.context() as patch:
+        patch.setattr(code_hash, "_compute_stage_hash", no_walk)
+        assert stage_code_hash("fmri_mask", root) == first
+
+    # An edit of the same size, with the old modification time put back: still a new hash.
+    module = root / "fmri" / "mask.py"
+    stat = module.stat()
+    source = module.read_text()
+    edited = source.replace("keeps no voxel", "keeps no v0xel", 1)
+    assert edited != source and len(edited) == len(source)
+    module.write_text(edited)
+    os.utime(module, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    changed = stage_code_hash("fmri_mask", root)
+    assert changed != first and changed == code_hash._compute_stage_hash("fmri_mask", root.resolve())
+    assert stage_code_hash("extract_frames", root) == code_hash._compute_stage_hash("extract_frames", root.resolve())
+
+    # An added module (even empty) is another key too: an import may now find it.
+    before = code_hash._cache_file(root.resolve())
+    (root / "fmri" / "extra.py").write_text("")
+    assert code_hash._cache_file(root.resolve()) != before
+
+
+def test_a_broken_or_unwritable_cache_only_costs_time(package_copy, tmp_path, monkeypatch):
+    from giblet import code_hash
+
+    expected = code_hash._compute_stage_hash("plan_split", package_copy.resolve())
+    monkeypatch.setenv("GIBLET_CACHE_DIR", str(tmp_path / "cache"))
+    path = code_hash._cache_file(package_copy.resolve())
+    path.parent.mkdir()
+    path.write_text("{not json")
+    assert stage_code_hash("plan_split", package_copy) == expected
+    path.write_text("[]")  # JSON, but not a mapping
+    assert stage_code_hash("plan_split", package_copy) == expected
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("GIBLET_CACHE_DIR", str(blocker / "sub"))  # under a file: cannot be created
+    assert stage_code_hash("plan_split", package_copy) == expected
