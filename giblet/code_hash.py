@@ -11,8 +11,7 @@ Walking the imports takes ~0.4 s for every rule, at every start of Snakemake, so
 in a cache keyed by the package's own content: a digest of every ``.py`` file's path and bytes under
 the package folder (reading ~1 MB: milliseconds). A hash depends on nothing else (which files exist,
 what they hold), so a cached value is never stale: any edit, added or removed module gives another
-key. The cache lives in ``$GIBLET_CACHE_DIR``, else ``$XDG_CACHE_HOME/giblet``, else
-``~/.cache/giblet``; where it cannot be written, hashes are computed every time.
+key (:mod:`giblet.cache`).
 """
 
 from __future__ import annotations
@@ -20,14 +19,10 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
-import json
-import os
-import tempfile
 from pathlib import Path
 
 PACKAGE = "giblet"
 PACKAGE_ROOT = Path(__file__).parent
-CACHE_FILES_KEPT = 20  # newest cache files kept (one per package version seen)
 
 
 def module_file(module: str, root: Path = PACKAGE_ROOT) -> Path | None:
@@ -134,49 +129,29 @@ def package_fingerprint(root: Path = PACKAGE_ROOT) -> str:
     return digest.hexdigest()
 
 
-def cache_dir() -> Path:
-    """Where the hashes are cached (see the module docstring)."""
-    if os.environ.get("GIBLET_CACHE_DIR"):
-        return Path(os.environ["GIBLET_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "giblet"
+def _cache_key(root: Path) -> str:
+    """The package as it is now (its fingerprint: ~2 ms, computed at every call, so an edit made while
+    this process runs counts too)."""
+    return package_fingerprint(root)[:32]
 
 
-def _cache_file(root: Path) -> Path:
-    """The cache file of the package as it is now (its fingerprint: ~2 ms, computed at every call, so
-    an edit made while this process runs counts too)."""
-    return cache_dir() / f"code-hash-{package_fingerprint(root)[:32]}.json"
+def stage_code_hashes(stages: list[str], root: Path = PACKAGE_ROOT) -> dict[str, str]:
+    """:func:`stage_code_hash` of each of ``stages``, the package read once (the Snakefile's way)."""
+    from giblet import cache
 
-
-def _read_cache(path: Path) -> dict:
-    try:
-        cached = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return cached if isinstance(cached, dict) else {}
-
-
-def _write_cache(path: Path, hashes: dict) -> None:
-    """Atomically (a reader sees the old file or the new one); keep the newest CACHE_FILES_KEPT files."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(hashes, f)
-        os.replace(tmp, path)
-        old = sorted(path.parent.glob("code-hash-*.json"), key=lambda p: p.stat().st_mtime)[:-CACHE_FILES_KEPT]
-        for stale in old:
-            stale.unlink(missing_ok=True)
-    except OSError:
-        pass  # a read-only home: no cache, the hashes are still right
+    root = Path(root).resolve()
+    key = _cache_key(root)
+    hashes = cache.read("code-hash", key)
+    hashes = hashes if isinstance(hashes, dict) else {}
+    missing = [stage for stage in stages if stage not in hashes]
+    for stage in missing:
+        hashes[stage] = _compute_stage_hash(stage, root)
+    if missing:
+        cache.write("code-hash", key, hashes)
+    return {stage: hashes[stage] for stage in stages}
 
 
 def stage_code_hash(stage: str, root: Path = PACKAGE_ROOT) -> str:
     """16 hex digits over the stage function's source and every file it reaches (path and bytes);
     from the cache when this version of the package has been hashed before."""
-    root = Path(root).resolve()
-    path = _cache_file(root)
-    hashes = _read_cache(path)
-    if stage not in hashes:
-        hashes[stage] = _compute_stage_hash(stage, root)
-        _write_cache(path, hashes)
-    return hashes[stage]
+    return stage_code_hashes([stage], root)[stage]

@@ -52,24 +52,49 @@ def validate_config(config: dict) -> dict:
 
     Returns the same (now complete) dict. Raises :class:`ConfigError` naming the offending key.
     """
-    from snakemake.exceptions import WorkflowError
-    from snakemake.utils import validate
-
     problems = _unknown_keys(config, load_schema())
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+    _validate_with_defaults(config)
+    if config["inputs"]["bids"]:
+        apply_bids(config)
+    _check_consistency(config)
+    return config
+
+
+def _validate_with_defaults(config: dict) -> None:
+    """``snakemake.utils.validate`` with defaults filled in, in place; a config validated before (the
+    same keys and values, the same schema) takes its result from :mod:`giblet.cache`, since loading
+    the schema and jsonschema takes ~0.15 s of every Snakemake start. Only a config that survives a
+    JSON round trip unchanged is cached, so a cached result is exactly what validation returns."""
+    import hashlib
+    import json
+
+    from giblet import cache
+
+    try:
+        text = json.dumps(config, sort_keys=True)
+    except (TypeError, ValueError):
+        text = None
+    key = text and hashlib.sha256(text.encode() + SCHEMA_PATH.read_bytes()).hexdigest()[:32]
+    cached = cache.read("config", key) if key else None
+    if isinstance(cached, dict):
+        config.clear()
+        config.update(cached)
+        return
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
     try:
         validate(config, str(SCHEMA_PATH), set_default=True)
     except WorkflowError as err:
         cause = err.__context__  # the jsonschema ValidationError snakemake caught
         if not hasattr(cause, "absolute_path"):
             raise ConfigError(str(err)) from err
-        key = ".".join(str(p) for p in cause.absolute_path) or "<top level>"
-        raise ConfigError(f"invalid config key '{key}': {cause.message}") from err
-    if config["inputs"]["bids"]:
-        apply_bids(config)
-    _check_consistency(config)
-    return config
+        name = ".".join(str(p) for p in cause.absolute_path) or "<top level>"
+        raise ConfigError(f"invalid config key '{name}': {cause.message}") from err
+    if key and json.loads(json.dumps(config)) == config:
+        cache.write("config", key, config)
 
 
 BIDS_FILLED = ("bold", "confounds", "brain_mask")

@@ -177,9 +177,9 @@ def test_the_cache_is_used_and_never_stale(package_copy, tmp_path, monkeypatch):
     assert stage_code_hash("extract_frames", root) == code_hash._compute_stage_hash("extract_frames", root.resolve())
 
     # An added module (even empty) is another key too: an import may now find it.
-    before = code_hash._cache_file(root.resolve())
+    before = code_hash._cache_key(root.resolve())
     (root / "fmri" / "extra.py").write_text("")
-    assert code_hash._cache_file(root.resolve()) != before
+    assert code_hash._cache_key(root.resolve()) != before
 
 
 def test_a_broken_or_unwritable_cache_only_costs_time(package_copy, tmp_path, monkeypatch):
@@ -187,7 +187,9 @@ def test_a_broken_or_unwritable_cache_only_costs_time(package_copy, tmp_path, mo
 
     expected = code_hash._compute_stage_hash("plan_split", package_copy.resolve())
     monkeypatch.setenv("GIBLET_CACHE_DIR", str(tmp_path / "cache"))
-    path = code_hash._cache_file(package_copy.resolve())
+    from giblet import cache
+
+    path = cache.entry_path("code-hash", code_hash._cache_key(package_copy.resolve()))
     path.parent.mkdir()
     path.write_text("{not json")
     assert stage_code_hash("plan_split", package_copy) == expected

@@ -2,7 +2,8 @@
 from giblet import paths
 from giblet import resources as stage_requests
 from giblet import rules as stage_rules
-from giblet.code_hash import stage_code_hash
+from giblet.code_hash import stage_code_hashes
+from giblet.stages import STAGES
 from giblet.config import validate_config
 
 # Validates with snakemake.utils.validate against workflow/schemas/config.schema.yaml, fills in
@@ -13,6 +14,7 @@ RESULTS = config["results_dir"]
 LOGS = f"{RESULTS}/logs"
 BENCHMARKS = f"{RESULTS}/benchmarks"  # Snakemake's own per-job measurements (time, memory, I/O)
 DATA_SIZE = stage_requests.data_size(config)
+CODE_HASHES = stage_code_hashes(list(STAGES))  # from a cache keyed by the package's content
 # Every rule runs its stage (giblet.stages, the function of the rule's name) through this script.
 STAGE_SCRIPT = "../scripts/stage.py"
 
@@ -40,7 +42,7 @@ def stage_outputs(rule_name, **wrappers):
 def stage_params(rule_name):
     """The config values the stage reads, and the hash of the code it runs (giblet.code_hash: the stage
     function and every package module its imports reach), so a code edit reruns exactly its users."""
-    return {**stage_rules.params(rule_name, config), "code": stage_code_hash(rule_name)}
+    return {**stage_rules.params(rule_name, config), "code": CODE_HASHES[rule_name]}
 
 
 def figure(caption, category):
