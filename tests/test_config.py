@@ -120,3 +120,32 @@ def test_text_columns_preset_or_mapping():
         load_config(None, ["stimulus.text.columns=imdb"])
     with pytest.raises(ConfigError, match=r"'stimulus\.text\.columns'"):
         load_config(None, ["stimulus.text.columns={onset: Start, text: [A]}"])
+
+
+def test_a_cached_validation_equals_a_fresh_one_and_errors_are_never_cached(tmp_path, monkeypatch):
+    import copy
+
+    from giblet import cache, config as config_module
+
+    monkeypatch.setenv("GIBLET_CACHE_DIR", str(tmp_path / "cache"))
+    raw = {"demo": {"n_trs": 123}, "train": {"lr": 0.002}}
+    fresh = validate_config(copy.deepcopy(raw))
+    assert len(list((tmp_path / "cache").glob("config-*.json"))) == 1
+    with monkeypatch.context() as patch:  # a hit does not validate again
+        patch.setattr("snakemake.utils.validate", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran")))
+        assert validate_config(copy.deepcopy(raw)) == fresh
+    assert fresh["demo"]["n_trs"] == 123 and fresh["train"]["epochs"] == load_config(None)["train"]["epochs"]
+
+    # Another schema is another key: the same config is validated again (here: to the new default).
+    schema = tmp_path / "schema.yaml"
+    schema.write_text(config_module.SCHEMA_PATH.read_text().replace("default: results", "default: elsewhere", 1))
+    monkeypatch.setattr(config_module, "SCHEMA_PATH", schema)
+    assert validate_config(copy.deepcopy(raw))["results_dir"] == "elsewhere"
+
+    # An invalid config raises every time, and leaves nothing in the cache.
+    before = set((tmp_path / "cache").glob("config-*.json"))
+    for _ in range(2):
+        with pytest.raises(ConfigError, match="demo.n_trs"):
+            validate_config({"demo": {"n_trs": "many"}})
+    assert set((tmp_path / "cache").glob("config-*.json")) == before
+    assert cache.read("config", "nonexistent") is None
