@@ -228,7 +228,7 @@ class Pretrainer(Engine):
         write_sidecar(latents_path, latents, {"kind": self.kind, **{k: self.params[k] for k in MODEL_KEYS[self.kind]}},
                       {"stimulus": self.stimulus, **({"movie": self.movie} if self.movie else {})},
                       extra={"quality": quality, "autoencoder": str(path)})
-        self._write_history()
+        self._write_history(self.history)
         write_json(self.out / "pretrain.json", {"kind": self.kind, "steps": self.step, "epochs": self.epoch,
                                                 "weights": chosen, "quality": quality, "config_hash": self.config_hash})
         log.info("wrote %s and %s %s: %s", path, latents_path, latents.shape,

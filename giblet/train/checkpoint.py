@@ -140,6 +140,10 @@ class CheckpointManager:
             return True
         return bool(self.every_minutes) and now - self._last_time >= 60.0 * self.every_minutes
 
+    def mark_saved(self, step: int) -> None:
+        """Restart :meth:`should_save`'s clock: a save of ``step`` is being made now."""
+        self._last_step, self._last_time = step, time.time()
+
     def resumed_from(self) -> Path | None:
         """The file :meth:`load_latest` loaded, or None after a fresh start."""
         return self._resumed
@@ -201,7 +205,7 @@ class CheckpointManager:
         Raises :class:`CheckpointError` before touching any file when free disk is short.
         """
         latest = self.directory / LATEST
-        self._last_step, self._last_time = step, time.time()
+        self.mark_saved(step)
         if self.rank != 0:
             return latest
         index = self._prepare()

@@ -36,6 +36,7 @@ from giblet.code_hash import stage_code_hash
 from giblet.devices import resolve_device
 from giblet.logs import progress as progress_bar
 from giblet.train import distributed as dist
+from giblet.train.background_save import BackgroundSaver
 from giblet.train.checkpoint import CheckpointManager, load_checkpoint
 from giblet.train.monitor import Monitor
 from giblet.train.optim import lr_factor, make_optimizer
@@ -121,6 +122,7 @@ class Engine:
         self.checkpoints = CheckpointManager(self.out / "checkpoints", self.config_hash, keep_rolling=ck["keep_rolling"],
                                              every_steps=ck["every_steps"], every_minutes=ck["every_minutes"],
                                              rank=self.rank, world_size=self.world_size)
+        self.saver = BackgroundSaver(self.checkpoints)
         self.step = self.epoch = self.cursor = 0
         self.history: list[dict] = []
         self.early = {"best": math.inf, "bad_epochs": 0, "stopped": False}
@@ -192,20 +194,22 @@ class Engine:
         log.info("resumed at step %d (epoch %d, batch %d) from %s", self.step, self.epoch, self.cursor,
                  self.checkpoints.resumed_from())
 
-    def save(self, end_of_epoch: bool = False, val_loss: float | None = None) -> None:
+    def save(self, end_of_epoch: bool = False, val_loss: float | None = None, background: bool = False) -> None:
+        """Checkpoint now, then rewrite history.jsonl from it; ``background`` (with
+        ``checkpoint.background``): from a CPU copy, in a thread (:mod:`giblet.train.background_save`)."""
         rank_states = dist.gather_objects(rng_state())
         self._before_save()
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "cursor": self.cursor, "history": self.history,
                  "early_stopping": dict(self.early), "rank_states": rank_states, "world_size": self.world_size,
                  "params": self.params, "manifest_sha256": self.manifest_sha256}
-        self.checkpoints.save(state, self.step, self.epoch, end_of_epoch=end_of_epoch, val_loss=val_loss)
-        if self.rank == 0:
-            self._write_history()
+        self.saver.save(state, self.step, self.epoch, end_of_epoch=end_of_epoch, val_loss=val_loss,
+                        background=background and self.params["checkpoint"]["background"],
+                        then=(lambda saved: self._write_history(saved["history"])) if self.rank == 0 else None)
 
-    def _write_history(self) -> None:
+    def _write_history(self, history: list[dict]) -> None:
         tmp = self.out / ".history.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(h) + "\n" for h in self.history))
+        tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
         os.replace(tmp, self.out / "history.jsonl")
 
     # -- the loop --------------------------------------------------------------------------------
@@ -260,7 +264,7 @@ class Engine:
                 dist.barrier(self.device)
                 return False
             if dist.from_rank0(self.checkpoints.should_save(self.step), self.device):
-                self.save()
+                self.save(background=True)
         return True
 
     def _check_finite(self, means: torch.Tensor, names: list[str], grad_norm: torch.Tensor) -> None:
@@ -295,13 +299,15 @@ class Engine:
                     monitor.validation(metrics, self.step, *(self.reconstruct_first_val_sample()
                                                              if self.rank == 0 else (None, None)))
                     self._early_stopping(val_loss)
-                self.save(end_of_epoch=True, val_loss=val_loss)
+                self.save(end_of_epoch=True, val_loss=val_loss, background=True)
+            self.saver.wait()  # write_model reads best.pt
             if self.rank == 0:
                 self.write_model()
             validations = [h for h in self.history if "val/total" in h]
             monitor.finish(validations[-1] if validations else {})
             return 0
         finally:
+            self.saver.close()  # a write in flight finishes before the process goes
             bar.close()
             stop.restore()
             monitor.close()

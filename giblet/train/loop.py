@@ -168,7 +168,7 @@ class Trainer(Engine):
             fmri_info=fmri_info.to_dict() if fmri_info is not None else None, train_params=self.params,
             config_hash=self.config_hash, steps=self.step, epochs=self.epoch,
             best_val_loss=self.early["best"], giblet_version=__import__("giblet").__version__)
-        self._write_history()
+        self._write_history(self.history)
         write_json(self.out / "train.json", {"steps": self.step, "epochs": self.epoch, "model_weights": chosen,
                                              "best_val_loss": self.early["best"], "config_hash": self.config_hash})
         log.info("wrote %s (%s weights: epoch %d, step %d)", path, chosen["weights"], chosen["epoch"], chosen["step"])

@@ -1,0 +1,104 @@
+"""Checkpoints written off the training loop: snapshot to CPU memory, then write in a thread.
+
+A save of a large model writes gigabytes while every GPU waits. :class:`BackgroundSaver` takes a
+copy of the state in CPU memory (the loop waits only for that: a device-to-host copy, or a memcpy on
+the CPU), then a thread runs :meth:`giblet.train.checkpoint.CheckpointManager.save` on the copy: the
+same write order, checksums and fsyncs, so a kill at any instant of the background write leaves the
+previous checkpoint intact and loadable, exactly as for a synchronous save. As torchtitan's and
+``torch.distributed.checkpoint``'s asynchronous saves do, at most one write is in flight: a new save
+first waits for the previous one.
+
+A save that must be durable before the process goes on (the one a signal asks for, before exiting
+75) is synchronous: ``background=False`` waits for any write in flight, then writes. :meth:`wait`
+joins the write in flight and raises its error, if any; the trainer calls it before reading
+``best.pt`` and before it exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+import numpy as np
+import torch
+
+from giblet.train.checkpoint import CheckpointManager
+
+log = logging.getLogger(__name__)
+
+
+def cpu_snapshot(obj, memo: dict | None = None):
+    """A copy of ``obj`` that later training cannot change: every tensor copied to the CPU (a tensor
+    referenced twice is copied once), numpy arrays copied, dicts, lists and tuples rebuilt; numbers,
+    strings and None as they are."""
+    memo = {} if memo is None else memo
+    if isinstance(obj, torch.Tensor):
+        if id(obj) not in memo:
+            memo[id(obj)] = obj.detach().to("cpu", copy=True)
+        return memo[id(obj)]
+    if isinstance(obj, np.ndarray):
+        return obj.copy()
+    if isinstance(obj, dict):
+        return {key: cpu_snapshot(value, memo) for key, value in obj.items()}
+    if isinstance(obj, list):
+        return [cpu_snapshot(value, memo) for value in obj]
+    if isinstance(obj, tuple):
+        return tuple(cpu_snapshot(value, memo) for value in obj)
+    if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+        return obj
+    import copy
+
+    return copy.deepcopy(obj)
+
+
+class BackgroundSaver:
+    """Saves of one :class:`CheckpointManager`, in a background thread unless asked otherwise."""
+
+    def __init__(self, manager: CheckpointManager):
+        self.manager = manager
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save(self, state: dict, step: int, epoch: int, *, end_of_epoch: bool = False,
+             val_loss: float | None = None, background: bool = True,
+             then: Callable[[dict], None] | None = None) -> None:
+        """Save ``state`` at ``step``/``epoch``; with ``background``, return once it is copied. ``then``
+        runs with the saved state once the checkpoint is durable (in the thread, for a background save).
+        Raises the error of the previous background write, if it failed."""
+        self.wait()
+        if not background or self.manager.rank != 0:  # only rank 0 writes; the others keep the clock
+            self.manager.save(state, step, epoch, end_of_epoch=end_of_epoch, val_loss=val_loss)
+            if then is not None:
+                then(state)
+            return
+        snapshot = cpu_snapshot(state)
+        self.manager.mark_saved(step)  # should_save's clock counts from now, not from the write's end
+        self._thread = threading.Thread(target=self._write, name=f"checkpoint-step-{step}",
+                                        args=(snapshot, step, epoch, end_of_epoch, val_loss, then))
+        self._thread.start()
+
+    def _write(self, snapshot: dict, step: int, epoch: int, end_of_epoch: bool, val_loss: float | None,
+               then: Callable[[dict], None] | None) -> None:
+        try:
+            self.manager.save(snapshot, step, epoch, end_of_epoch=end_of_epoch, val_loss=val_loss)
+            if then is not None:
+                then(snapshot)
+        except BaseException as err:  # noqa: BLE001 - raised in the training thread by wait()
+            self._error = err
+
+    def wait(self) -> None:
+        """Join the write in flight; raise its error (once)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def close(self) -> None:
+        """Join the write in flight without raising (the trainer is already leaving); log its error."""
+        try:
+            self.wait()
+        except Exception as err:  # noqa: BLE001 - reported, not raised: another error may be on its way
+            log.error("the background checkpoint write failed: %s: %s", type(err).__name__, err)
