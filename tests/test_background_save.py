@@ -33,6 +33,16 @@ def test_the_snapshot_is_what_is_written_whatever_training_does_next(tmp_path):
     saved = load_checkpoint(tmp_path / "ck" / "latest.pt")
     assert torch.equal(saved["model"]["w"], torch.arange(1_000_000, dtype=torch.float32))
     assert saved["history"] == [{"step": 1, "loss": 0.5}] and saved["step"] == 1
+    # The next save reuses the copy's memory, only once the first write is done.
+    buffer = saver._buffers[("model", "w")]
+    saver.save(state, step=2, epoch=0)
+    weights.add_(1.0)
+    saver.wait()
+    assert saver._buffers[("model", "w")] is buffer
+    second = load_checkpoint(tmp_path / "ck" / "latest.pt")
+    assert torch.equal(second["model"]["w"], torch.arange(1_000_000, dtype=torch.float32) + 1)
+    first = load_checkpoint(tmp_path / "ck" / "rolling" / "step-00000001.pt")
+    assert torch.equal(first["model"]["w"], torch.arange(1_000_000, dtype=torch.float32))
     copy = cpu_snapshot(state)
     assert copy["model"]["w"] is copy["model"]["tied"]  # shared once, as in the live state
     assert copy["model"]["w"] is not weights and torch.equal(copy["model"]["w"], weights)

