@@ -204,7 +204,7 @@ class Engine:
                  "early_stopping": dict(self.early), "rank_states": rank_states, "world_size": self.world_size,
                  "params": self.params, "manifest_sha256": self.manifest_sha256}
         self.saver.save(state, self.step, self.epoch, end_of_epoch=end_of_epoch, val_loss=val_loss,
-                        background=background and self.params["checkpoint"]["background"],
+                        background=background and self.params["checkpoint"].get("background", True),
                         then=(lambda saved: self._write_history(saved["history"])) if self.rank == 0 else None)
 
     def _write_history(self, history: list[dict]) -> None:
