@@ -300,9 +300,9 @@ class Engine:
                                                              if self.rank == 0 else (None, None)))
                     self._early_stopping(val_loss)
                 self.save(end_of_epoch=True, val_loss=val_loss, background=True)
-            self.saver.wait()  # write_model reads best.pt
             if self.rank == 0:
-                self.write_model()
+                self.write_model()  # the last write goes on meanwhile, unless best.pt is needed
+            self.saver.wait()
             validations = [h for h in self.history if "val/total" in h]
             monitor.finish(validations[-1] if validations else {})
             return 0
@@ -329,6 +329,8 @@ class Engine:
         """The weights with the best validation score (``best.pt``, lowest SELECTION_KEY), or the final ones
         without validation."""
         best = self.checkpoints.directory / "best.pt"
+        if math.isfinite(self.early["best"]):
+            self.saver.wait()  # best.pt may be the write in flight
         if math.isfinite(self.early["best"]) and best.exists():
             state = load_checkpoint(best)
             if state["history"][-1].get(SELECTION_KEY) == self.early["best"]:  # saved right after that validation
