@@ -87,6 +87,20 @@ def test_variable_frame_rate_uses_timestamps(tmp_path):
     assert sidecar["frames_in_window"]["min"] < sidecar["frames_in_window"]["max"]
 
 
+def test_a_tr_without_frames_shows_the_previous_trs_last_frame(tmp_path):
+    """A gap in a variable-frame-rate movie spans TR 2 ([3, 4.5) s): the picture has not changed, so
+    TR 2 repeats TR 1's last frame in every slot (giblet.stimulus.frames.slot_sources)."""
+    times = np.concatenate([np.arange(0, 2.95, 0.1), np.arange(4.6, 7.45, 0.1)])
+    clip = write_numbered_clip(tmp_path / "gap.mp4", times, fps=10)
+    frames = np.load(extract_frames(clip, tmp_path / "frames.npy", 1.5, params(1), progress=False))
+    found = np.array([[read_number(f) for f in tr_frames] for tr_frames in frames])
+    tr1 = [k for k, t in enumerate(times) if 1.5 <= t < 3.0]
+    assert found[1][0] == tr1[0] and found[1][-1] in tr1  # (the header's mean rate gives fewer slots)
+    assert (found[2] == found[1][-1]).all()
+    assert found[3][0] == min(k for k, t in enumerate(times) if 4.5 <= t < 6.0)
+    assert json.loads((tmp_path / "frames.json").read_text())["empty_trs_filled"] == 1
+
+
 def test_frames_match_an_independent_ffmpeg_decode(small_demo, tmp_path):
     """imageio-ffmpeg's own ffmpeg binary, scaling with the same area filter, gives the same pixels."""
     import imageio_ffmpeg

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -166,6 +167,63 @@ def movie_grid(movie: Path, tr: float, frame_skip: int):
     return info, n_trs, frames_per_tr(info.fps, tr, frame_skip)
 
 
+class TrWriter:
+    """Writes ``frames.npy`` TR by TR, in order, from one reused ``(slots, H, W, 3)`` block.
+
+    Spare slots repeat the TR's last frame; a TR without frames shows the previous TR's last frame
+    (black at the start), as :func:`slot_sources` says. Plain sequential writes (no memory map: no
+    page fault per page of a fresh file), and the disk is started early: a thread runs fdatasync
+    every ``SYNC_EVERY`` bytes while decoding goes on, so the final fsync has little left to do.
+    """
+
+    SYNC_EVERY = 32 << 20
+
+    def __init__(self, path: Path, n_trs: int, slots: int, height: int, width: int):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.file = open(path, "wb", buffering=0)
+        np.lib.format.write_array_header_1_0(self.file, {"descr": "|u1", "fortran_order": False,
+                                                         "shape": (n_trs, slots, height, width, 3)})
+        self.n_trs, self.block = n_trs, np.zeros((slots, height, width, 3), dtype=np.uint8)
+        self.previous_last = np.zeros((height, width, 3), dtype=np.uint8)
+        self.current = self.filled = self.unsynced = 0
+        self._syncer, self._sync = ThreadPoolExecutor(max_workers=1), None
+
+    def put(self, i: int, slot: int, image: np.ndarray) -> None:
+        """Frame ``image`` (H, W, 3) goes to slot ``slot`` of TR ``i`` (TRs and slots in order)."""
+        while self.current < i:
+            self._write_tr()
+        self.block[slot] = image
+        self.filled = slot + 1
+
+    def _write_tr(self) -> None:
+        if self.filled:
+            self.block[self.filled:] = self.block[self.filled - 1]
+        else:
+            self.block[:] = self.previous_last
+        np.copyto(self.previous_last, self.block[-1])
+        view = memoryview(self.block).cast("B")
+        written = 0
+        while written < len(view):
+            written += self.file.write(view[written:])
+        self.current, self.filled = self.current + 1, 0
+        self.unsynced += len(view)
+        if self.unsynced >= self.SYNC_EVERY and (self._sync is None or self._sync.done()):
+            self._sync, self.unsynced = self._syncer.submit(os.fdatasync, self.file.fileno()), 0
+
+    def close(self) -> None:
+        """Write the TRs left (empty ones at the end), fsync, close."""
+        try:
+            while self.current < self.n_trs:
+                self._write_tr()
+            if self._sync is not None:
+                self._sync.result()
+            os.fsync(self.file.fileno())
+        finally:
+            self._syncer.shutdown()
+            self.file.close()
+
+
 def extract_frames(movie: str | Path, out_npy: str | Path, tr: float, params: dict,
                    progress: bool = True) -> Path:
     """The ``extract_frames`` stage: write ``out_npy`` (uint8, T x F x H x W x 3) and its sidecar.
@@ -173,35 +231,37 @@ def extract_frames(movie: str | Path, out_npy: str | Path, tr: float, params: di
     ``params`` is the validated ``stimulus.frames`` config section (width, height, frame_skip).
     Raises InputError naming the movie when it has no video stream, is corrupt or is truncated.
     """
+    from giblet.files import sha256_in_background
+
     movie, out_npy = Path(movie), Path(out_npy)
     skip, height, width = params["frame_skip"], params["height"], params["width"]
     info, n_trs, slots = movie_grid(movie, tr, skip)
     log.info("%s: %.2f s at %.3f fps -> %d TRs x %d frames of %dx%d", movie, info.duration_s, info.fps,
              n_trs, slots, width, height)
+    movie_sha256 = sha256_in_background(movie)  # while it decodes
 
     with atomic_output_dir(out_npy.parent) as tmp:
-        frames = np.lib.format.open_memmap(tmp / out_npy.name, mode="w+", dtype=np.uint8,
-                                           shape=(n_trs, slots, height, width, 3))
+        writer = TrWriter(tmp / out_npy.name, n_trs, slots, height, width)
         counts = FrameCounts.zeros(n_trs)
         # One reformatter for the whole movie: it keeps its scaler context, 10x cheaper than
         # frame.reformat(), which builds a new one per frame.
         reformatter = VideoReformatter()
-        for i, slot, frame in sample_frames(movie, tr, slots, skip, counts, progress):
-            frames[i, slot] = reformatter.reformat(frame, width=width, height=height, format="rgb24",
-                                                   interpolation=INTERPOLATION).to_ndarray()
+        try:
+            for i, slot, frame in sample_frames(movie, tr, slots, skip, counts, progress):
+                writer.put(i, slot, reformatter.reformat(frame, width=width, height=height, format="rgb24",
+                                                         interpolation=INTERPOLATION).to_ndarray())
+        finally:
+            writer.close()
         check_complete(movie, counts, info.duration_s)
-        sources = slot_sources(counts.kept, slots)
-        flat = frames.reshape(n_trs * slots, height, width, 3)
-        for i, s in zip(*np.nonzero(sources != np.arange(n_trs * slots).reshape(n_trs, slots))):
-            frames[i, s] = flat[sources[i, s]] if sources[i, s] >= 0 else 0
-        frames.flush()
+        frames = np.load(tmp / out_npy.name, mmap_mode="r")
         write_sidecar(tmp / out_npy.name, frames, parameters={**params, "tr": tr},
-                      sources={"movie": movie}, packages=("av",), extra={
+                      sources={"movie": movie}, packages=("av",), source_hashes={"movie": movie_sha256.result()},
+                      extra={
                           "n_trs": n_trs, "duration_s": info.duration_s, "fps": info.fps,
                           "frames_per_tr": slots, "source_size": [info.width, info.height],
                           **sampling_summary(counts, slots), "interpolation": INTERPOLATION,
                       })
-        del frames, flat
+        del frames
     return out_npy
 
 
