@@ -12,7 +12,7 @@ import numpy as np
 
 from giblet.config import load_config
 
-REPEATS = 3
+REPEATS = 5
 
 
 def _movie(path: Path, seconds: float, width: int, height: int) -> Path:
@@ -71,12 +71,12 @@ def frame_extraction(quick: bool) -> dict:
                    "repeats": REPEATS}
         # Interleaved, best of REPEATS each: the machine is noisy.
         pyav, ffmpeg, extract = [], [], {1: [], params["frame_skip"]: []}
-        for _ in range(REPEATS):
+        for repeat in range(REPEATS):
             pyav.append(_timed(_pyav_decode_and_scale, movie, width, height))
             ffmpeg.append(_timed(_ffmpeg_to_null, movie, width, height))
-            for skip, times in extract.items():
-                times.append(_timed(extract_frames, movie, Path(tmp) / f"skip{skip}" / "frames.npy", config["tr"],
-                                    {**params, "frame_skip": skip}, False))
+            for skip, times in extract.items():  # a new folder each time, as Snakemake clears old outputs first
+                times.append(_timed(extract_frames, movie, Path(tmp) / f"skip{skip}-{repeat}" / "frames.npy",
+                                    config["tr"], {**params, "frame_skip": skip}, False))
         reference_pyav, reference_ffmpeg = min(pyav), min(ffmpeg)
         for skip, times in extract.items():
             elapsed = min(times)
