@@ -100,7 +100,7 @@ def test_the_oracle_bounds_the_model_and_fraction_of_oracle_is_its_ratio(trained
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="issue 22 is open: on small demos the model beats the banded ridge in "
+@pytest.mark.xfail(strict=True, reason="issue 22 (ended blocked): on small demos the model beats the banded ridge in "
                    "fraction of the ceiling (default demo, seeds 0-2: 0.429 vs 0.317) but still trails it in "
                    "timepoint identification on 2 of 3 seeds (mean 0.362 vs 0.398). strict: once it passes, this marker must go")
 def test_the_model_beats_the_banded_ridge_baseline_and_decodes_above_chance(trained):
