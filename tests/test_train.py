@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -277,3 +278,52 @@ def test_contiguous_batches_are_runs_of_consecutive_windows_covering_every_sampl
         resumed = list(samplers[0].batches(epoch, start=2))
         assert resumed == list(samplers[0].batches(epoch))[2:]
     assert list(samplers[0].batches(0)) != list(samplers[0].batches(1))     # a new order each epoch
+
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys, threading, json
+    from giblet.train import durable_write
+    from giblet.train.loop import train
+
+    target, written = sys.argv[3], [0]
+    original = durable_write.HashingWriter._write_all
+
+    def write_then_die(self, data):
+        # In the background write of the chosen step: die once some of its bytes are in the file.
+        if threading.current_thread().name == target and written[0] > 100_000:
+            os.kill(os.getpid(), signal.SIGKILL)
+        original(self, data)
+        if threading.current_thread().name == target:
+            written[0] += len(memoryview(data).cast("B"))
+
+    durable_write.HashingWriter._write_all = write_then_die
+    sys.exit(train(sys.argv[1], sys.argv[2], json.loads(sys.argv[4]), progress=False))
+""")
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_background_write_keeps_the_previous_checkpoint_and_resumes_bitwise(
+        bundle, uninterrupted, tmp_path):
+    """Checkpoints are written in a thread (train.checkpoint.background): killed inside one such write,
+    the run leaves the previous checkpoint whole and the rerun resumes from it, bit for bit."""
+    from giblet.train.checkpoint import CheckpointManager
+
+    assert PARAMS["checkpoint"]["every_steps"] == 2  # saves at steps 2, 4, ...: kill inside step 4's
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run([sys.executable, "-c", KILLER, str(bundle), str(out), "checkpoint-step-4",
+                             json.dumps(PARAMS)], capture_output=True, text=True, timeout=300, env=env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    checkpoints = out / "checkpoints"
+    partial = checkpoints / "latest.pt.tmp"
+    assert partial.exists() and partial.stat().st_size > 100_000  # died mid-write
+    index = json.loads((checkpoints / "index.json").read_text())
+    assert index["files"]["latest.pt"]["step"] == 2
+    state = CheckpointManager(checkpoints, index["config_hash"]).load_latest()
+    assert state is not None and state["step"] == 2  # the previous checkpoint, verified by its checksum
+
+    resumed = run_training(bundle, out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed at step 2" in resumed.stderr
+    assert_identical(uninterrupted, final_state(out))
