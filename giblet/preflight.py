@@ -128,7 +128,7 @@ def _movie(path: Path, config: dict, findings: Findings) -> dict:
 def _bold_headers(runs: dict, tr: float, findings: Findings) -> tuple[dict, list[dict]]:
     """Every run's header: geometry against the first readable run, TR, dummies. Returns the readable
     images by path and one table row per subject and run."""
-    from giblet.fmri.inputs import check_geometry, load_bold
+    from giblet.fmri.inputs import check_dummies, check_geometry, load_bold
     from giblet.fmri.runs import run_label
 
     images, rows, reference = {}, [], None
@@ -142,9 +142,7 @@ def _bold_headers(runs: dict, tr: float, findings: Findings) -> tuple[dict, list
                 image = load_bold(path)
                 row["volumes"] = int(image.shape[3])
                 row["kept"] = row["volumes"] - run["dummy_volumes"]
-                if run["dummy_volumes"] >= image.shape[3]:
-                    raise InputError(path, f"has {image.shape[3]} volumes, not more than its "
-                                           f"{run['dummy_volumes']} dummy volumes (inputs.runs)")
+                check_dummies(path, image, run["dummy_volumes"])
                 images[path] = image  # its length counts on the timeline even if its grid or TR is off
                 check_geometry(path, image, reference, tr)
                 reference = reference or {"path": path, "shape": image.shape[:3], "affine": image.affine}
@@ -155,8 +153,8 @@ def _timeline(runs: dict, images: dict, rows: list[dict], config: dict, movie: d
               findings: Findings) -> list[tuple[int, int, int, int]] | None:
     """Place the runs on the movie's clock and check each against its segment; returns the runs as
     :class:`giblet.splits.Split` runs, or None when the lengths are unknown."""
-    from giblet.fmri.inputs import kept_volumes
-    from giblet.fmri.runs import plan_timeline, run_label, run_length_error
+    from giblet.fmri.inputs import plan_runs
+    from giblet.fmri.runs import run_label, run_length_error
     from giblet.timing import n_trs
 
     readable = {s: entries for s, entries in runs.items() if all(Path(r["bold"]) in images for r in entries)}
@@ -165,12 +163,9 @@ def _timeline(runs: dict, images: dict, rows: list[dict], config: dict, movie: d
     tr = config["tr"]
     if config["dataset"] == "demo" or not config["inputs"]["runs"]:
         return _single_runs(readable, images, rows, config, movie, findings)
-    first = next(iter(readable.values()))
-    table = [{key: run[key] for key in ("run", "session", "start_s", "dummy_volumes")} for run in first]
     timeline = None
     with findings.collect("timeline"):
-        timeline = plan_timeline(table, kept_volumes(readable, images), tr, movie["duration_s"],
-                                 [Path(run["bold"]) for run in first])
+        timeline = plan_runs(readable, images, tr, movie["duration_s"])
     if timeline is None:
         return None
     by_label = {row["run"]: row for row in rows}

@@ -243,11 +243,25 @@ def check_bold_inputs(bold: dict[str, Path], tr: float, short_subjects: str = "e
     }
 
 
-def kept_volumes(runs: dict[str, list[dict]], images: dict[Path, nib.Nifti1Image]) -> list[list[int]]:
-    """Per run (in movie order), every subject's volumes after the dummies, from the headers."""
+def check_dummies(path: Path, image: nib.Nifti1Image, dummy_volumes: int) -> None:
+    """Raise unless the run has more volumes than its dummies."""
+    if dummy_volumes >= image.shape[3]:
+        raise InputError(path, f"has {image.shape[3]} volumes, not more than its {dummy_volumes} "
+                               f"dummy volumes (inputs.runs)")
+
+
+def plan_runs(runs: dict[str, list[dict]], images: dict[Path, nib.Nifti1Image], tr: float,
+              movie_duration_s: float) -> list[dict]:
+    """The timeline of ``inputs.runs`` (:func:`giblet.fmri.runs.plan_timeline`), each run's length
+    judged from every subject's volumes after the dummies, read from the headers in ``images``."""
+    from giblet.fmri.runs import plan_timeline
+
+    first = next(iter(runs.values()))
+    table = [{key: run[key] for key in ("run", "session", "start_s", "dummy_volumes")} for run in first]
     per_subject = [[int(images[Path(run["bold"])].shape[3]) - run["dummy_volumes"] for run in entries]
                    for entries in runs.values()]
-    return [list(counts) for counts in zip(*per_subject)]
+    kept = [list(counts) for counts in zip(*per_subject)]
+    return plan_timeline(table, kept, tr, movie_duration_s, [Path(run["bold"]) for run in first])
 
 
 def _run_files(run: dict) -> dict:
@@ -263,7 +277,7 @@ def check_run_inputs(runs: dict[str, list[dict]], tr: float, movie_duration_s: f
     subject ``"runs"``: its files and volume counts. Headers are checked before any data is read.
     """
     from giblet.fmri.confounds import check_tables
-    from giblet.fmri.runs import check_run_length, plan_timeline, run_label
+    from giblet.fmri.runs import check_run_length, run_label
 
     reference, images = None, {}
     for sub, entries in runs.items():
@@ -274,13 +288,8 @@ def check_run_inputs(runs: dict[str, list[dict]], tr: float, movie_duration_s: f
             if reference is None:
                 reference = {"path": path, "shape": image.shape[:3], "affine": image.affine}
             images[path] = image
-            if run["dummy_volumes"] >= image.shape[3]:
-                raise InputError(path, f"has {image.shape[3]} volumes, not more than its {run['dummy_volumes']} "
-                                       f"dummy volumes (inputs.runs)")
-    first = next(iter(runs.values()))
-    table = [{key: run[key] for key in ("run", "session", "start_s", "dummy_volumes")} for run in first]
-    timeline = plan_timeline(table, kept_volumes(runs, images), tr, movie_duration_s,
-                             [Path(run["bold"]) for run in first])
+            check_dummies(path, image, run["dummy_volumes"])
+    timeline = plan_runs(runs, images, tr, movie_duration_s)
 
     for sub, entries in runs.items():
         for run, placed in zip(entries, timeline):
