@@ -212,14 +212,19 @@ class TrWriter:
         if self.unsynced >= self.SYNC_EVERY and (self._sync is None or self._sync.done()):
             self._sync, self.unsynced = self._syncer.submit(os.fdatasync, self.file.fileno()), 0
 
-    def close(self) -> None:
-        """Write the TRs left (empty ones at the end), fsync, close."""
+    def __enter__(self) -> "TrWriter":
+        return self
+
+    def __exit__(self, error_type, *_) -> None:
+        """On success, write the TRs left (empty ones at the end) and fsync; then close. After an error
+        the file is only closed: the stage's temporary folder goes with it."""
         try:
-            while self.current < self.n_trs:
-                self._write_tr()
-            if self._sync is not None:
-                self._sync.result()
-            os.fsync(self.file.fileno())
+            if error_type is None:
+                while self.current < self.n_trs:
+                    self._write_tr()
+                if self._sync is not None:
+                    self._sync.result()
+                os.fsync(self.file.fileno())
         finally:
             self._syncer.shutdown()
             self.file.close()
@@ -242,17 +247,14 @@ def extract_frames(movie: str | Path, out_npy: str | Path, tr: float, params: di
     movie_sha256 = sha256_in_background(movie)  # while it decodes
 
     with atomic_output_dir(out_npy.parent) as tmp:
-        writer = TrWriter(tmp / out_npy.name, n_trs, slots, height, width)
         counts = FrameCounts.zeros(n_trs)
         # One reformatter for the whole movie: it keeps its scaler context, 10x cheaper than
         # frame.reformat(), which builds a new one per frame.
         reformatter = VideoReformatter()
-        try:
+        with TrWriter(tmp / out_npy.name, n_trs, slots, height, width) as writer:
             for i, slot, frame in sample_frames(movie, tr, slots, skip, counts, progress):
                 writer.put(i, slot, reformatter.reformat(frame, width=width, height=height, format="rgb24",
                                                          interpolation=INTERPOLATION).to_ndarray())
-        finally:
-            writer.close()
         check_complete(movie, counts, info.duration_s)
         frames = np.load(tmp / out_npy.name, mmap_mode="r")
         write_sidecar(tmp / out_npy.name, frames, parameters={**params, "tr": tr},
