@@ -327,3 +327,36 @@ def test_sigkill_during_a_background_write_keeps_the_previous_checkpoint_and_res
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed at step 2" in resumed.stderr
     assert_identical(uninterrupted, final_state(out))
+
+
+@pytest.mark.parametrize("best_is_last", [True, False])
+def test_best_weights_are_read_back_only_when_training_went_on_after_the_best_validation(tmp_path, best_is_last):
+    """The best validation was the last (nothing trained since): the current weights, without waiting for
+    the write of best.pt in flight. An earlier one: best.pt, after that write."""
+    from giblet.train.checkpoint import CheckpointManager
+    from giblet.train.engine import Engine
+
+    model = torch.nn.Linear(3, 2)
+    manager = CheckpointManager(tmp_path / "checkpoints", "hash", every_minutes=None)
+    history = [{"step": 4, "epoch": 1, SELECTION_KEY: 0.5}]
+    manager.save({"model": model.state_dict(), "history": history}, step=4, epoch=1, val_loss=0.5)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    if best_is_last:
+        history.append({"step": 8, "epoch": 2, SELECTION_KEY: 0.25})
+    else:
+        history.append({"step": 8, "epoch": 2, SELECTION_KEY: 0.75})
+    with torch.no_grad():
+        model.weight.add_(1.0)  # epoch 2 trained on
+    waits = []
+    engine = Engine.__new__(Engine)
+    engine.model, engine.history, engine.step, engine.epoch = model, history, 8, 2
+    engine.early = {"best": min(h[SELECTION_KEY] for h in history)}
+    engine.checkpoints = manager
+    engine.saver = type("Saver", (), {"wait": lambda self: waits.append(1)})()
+    weights, which = engine._best_weights()
+    if best_is_last:
+        assert which == {"weights": "best", "step": 8, "epoch": 2} and not waits
+        assert torch.equal(weights["weight"], model.weight) and not torch.equal(weights["weight"], saved["weight"])
+    else:
+        assert which == {"weights": "best", "step": 4, "epoch": 1} and waits
+        assert all(torch.equal(weights[k], saved[k]) for k in saved)

@@ -329,14 +329,19 @@ class Engine:
         """The weights with the best validation score (``best.pt``, lowest SELECTION_KEY), or the final ones
         without validation."""
         best = self.checkpoints.directory / "best.pt"
-        if math.isfinite(self.early["best"]):
+        last = self.history[-1] if self.history else {}
+        # When the last validation is the best and nothing trained since, best.pt (maybe still being
+        # written) holds the current weights: neither wait for it nor read it back.
+        best_is_current = math.isfinite(self.early["best"]) and last.get(SELECTION_KEY) == self.early["best"] \
+            and last["step"] == self.step
+        if math.isfinite(self.early["best"]) and not best_is_current:
             self.saver.wait()  # best.pt may be the write in flight
-        if math.isfinite(self.early["best"]) and best.exists():
-            state = load_checkpoint(best)
-            if state["history"][-1].get(SELECTION_KEY) == self.early["best"]:  # saved right after that validation
-                return state["model"], {"weights": "best", "step": state["step"], "epoch": state["epoch"]}
-            log.warning("%s does not hold the best validation score %.6g: the final weights are used",
-                        best, self.early["best"])
+            if best.exists():
+                state = load_checkpoint(best)
+                if state["history"][-1].get(SELECTION_KEY) == self.early["best"]:  # saved right after that validation
+                    return state["model"], {"weights": "best", "step": state["step"], "epoch": state["epoch"]}
+                log.warning("%s does not hold the best validation score %.6g: the final weights are used",
+                            best, self.early["best"])
         self._before_save()
         final = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        return final, {"weights": "final", "step": self.step, "epoch": self.epoch}
+        return final, {"weights": "best" if best_is_current else "final", "step": self.step, "epoch": self.epoch}
