@@ -61,6 +61,7 @@ def tiny(step):
 def saves(m, steps, epoch=0):
     for s in steps:
         m.save(tiny(s), step=s, epoch=epoch)
+    m.wait_for_purge()
 
 
 def test_round_trip_model_optimizers_rng_metadata(tmp_path):
@@ -163,12 +164,13 @@ def run_epochs(m, epochs, steps_per_epoch=5, losses=None):
             last = i == steps_per_epoch - 1
             m.save(tiny(s), step=s, epoch=e, end_of_epoch=last,
                    val_loss=(losses or {}).get(e) if last else None)
+    m.wait_for_purge()
 
 
 def test_retention_and_resume_never_deletes_resumed_file(tmp_path):
     run_epochs(manager(tmp_path, keep_rolling=3), range(4), losses={0: 3.0, 1: 1.0, 2: 2.0, 3: 4.0})
     expect = ["best.pt", "epoch/epoch-0000.pt", "epoch/epoch-0001.pt", "epoch/epoch-0002.pt",
-              "epoch/epoch-0003.pt", "index.json", "latest.pt", "latest_backup.pt",
+              "epoch/epoch-0003.pt", "index.json", "latest.pt", "latest.pt.tmp", "latest_backup.pt",
               "rolling/step-00000018.pt", "rolling/step-00000019.pt", "rolling/step-00000020.pt"]
     assert files(tmp_path) == expect
 
@@ -213,13 +215,13 @@ def test_config_change_moves_old_set_aside(tmp_path, caplog, drop_index):
     run_epochs(manager(ck, "aaaaaaaa1111"), range(2))
     if drop_index:
         (ck / "index.json").unlink()
-    before = {f: (ck / f).read_bytes() for f in files(ck)}
+    before = {f: (ck / f).read_bytes() for f in files(ck) if not f.endswith(".tmp")}  # .tmp: no checkpoint
     with caplog.at_level(logging.WARNING):
         m = manager(ck, "bbbbbbbb2222")
         assert m.load_latest() is None and m.resumed_from() is None
     stale = [p for p in tmp_path.iterdir() if p.name.startswith("ck.stale-aaaaaaaa-")]
     assert len(stale) == 1 and "moved to" in caplog.text
-    assert {f: (stale[0] / f).read_bytes() for f in files(stale[0])} == before
+    assert {f: (stale[0] / f).read_bytes() for f in files(stale[0]) if not f.endswith(".tmp")} == before
     assert not list(ck.rglob("*.pt"))
     m.save(tiny(1), step=1, epoch=0)
     assert manager(ck, "bbbbbbbb2222").load_latest()["step"] == 1
@@ -357,3 +359,50 @@ def test_failed_write_hash_or_sync_commits_nothing(tmp_path, small_chunks, monke
     after = {f: (tmp_path / f).read_bytes() for f in files(tmp_path) if not f.endswith(".tmp")}
     assert after == before
     assert manager(tmp_path).load_latest()["step"] == 2
+
+
+def test_pruned_files_leave_the_index_at_once_and_the_disk_in_a_thread_or_are_recycled(tmp_path, monkeypatch):
+    """A pruned rolling file another tier links to loses its name in a thread (save() does not wait; the
+    index omits it at once). One with no other name is parked as latest.pt.tmp and the
+    next save overwrites its blocks, cut to the new size. A file a crash left behind goes next time."""
+    import threading
+
+    from giblet.files import sha256_file
+    from giblet.train import checkpoint
+
+    release, unlinking = threading.Event(), threading.Event()
+    real = checkpoint._unlink_all
+
+    def slow_unlink(paths):
+        unlinking.set()
+        release.wait(10)
+        real(paths)
+
+    monkeypatch.setattr(checkpoint, "_unlink_all", slow_unlink)
+    m = manager(tmp_path, keep_rolling=2)
+    m.save(tiny(1), step=1, epoch=0, end_of_epoch=True)  # rolling/step-1 and epoch-0000: one inode
+    big = {**tiny(2), "extra": torch.zeros(5000)}       # larger than what will overwrite it
+    for s, state in ((2, big), (3, tiny(3))):
+        m.save(state, step=s, epoch=1)                    # the third save prunes step 1: its unlink blocks
+    assert unlinking.wait(10) and (tmp_path / "rolling/step-00000001.pt").exists()
+    assert "rolling/step-00000001.pt" not in m._read_index()["files"]
+    release.set()
+    m.wait_for_purge()
+    assert not (tmp_path / "rolling/step-00000001.pt").exists()
+    assert manager(tmp_path, keep_rolling=2).load_latest()["step"] == 3
+    assert torch.load(tmp_path / "epoch/epoch-0000.pt", weights_only=True)["step"] == 1
+
+    inode = (tmp_path / "rolling/step-00000002.pt").stat().st_ino
+    m.save(tiny(4), step=4, epoch=1)                      # prunes step 2, which has no other name
+    assert (tmp_path / "latest.pt.tmp").stat().st_ino == inode
+    m.save(tiny(5), step=5, epoch=1)                      # ... and writes into it
+    latest, entry = tmp_path / "latest.pt", m._read_index()["files"]["latest.pt"]
+    assert latest.stat().st_ino == inode and latest.stat().st_size == entry["bytes"]
+    assert sha256_file(latest) == entry["sha256"]
+    assert manager(tmp_path, keep_rolling=2).load_latest()["step"] == 5
+
+    os.link(tmp_path / "rolling/step-00000004.pt", tmp_path / "rolling/step-00000000.pt")  # a crash's leftover
+    m.save(tiny(6), step=6, epoch=1)
+    m.wait_for_purge()
+    assert [f for f in files(tmp_path) if f.startswith("rolling/")] == ["rolling/step-00000005.pt",
+                                                                       "rolling/step-00000006.pt"]

@@ -103,10 +103,11 @@ class BackgroundSaver:
             self._error = err
 
     def wait(self) -> None:
-        """Join the write in flight; raise its error (once)."""
+        """Join the write in flight and the unlinking of what it pruned; raise its error (once)."""
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        self.manager.wait_for_purge()
         if self._error is not None:
             error, self._error = self._error, None
             raise error

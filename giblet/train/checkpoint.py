@@ -8,6 +8,8 @@ One :class:`CheckpointManager` owns one directory::
     best.pt                         the save with the lowest validation loss
     index.json                      sha256, size (bytes), step, epoch, val_loss, config_hash, saved_at
                                     (Unix seconds) and save time (s) of every file; retention state
+    latest.pt.tmp                   between saves: the oldest pruned rolling file, recycled by the next
+                                    save (never loaded)
 
 ``state`` is whatever the trainer passes (model/optimizer/scheduler state dicts, RNG states, sampler
 cursor, early stopping, history ...); the manager adds ``step``, ``epoch``, ``config_hash`` and
@@ -23,13 +25,20 @@ Write order of :meth:`save` (why a valid checkpoint exists at every instant):
 1. check free disk (nothing touched on failure);
 2. ``torch.save`` to ``latest.pt.tmp``, fsync it - old files untouched. The sha256 is that of the
    file's bytes, hashed by a thread as they are written, and the disk starts early (fdatasync every
-   32 MiB), so both overlap the serialization (:class:`~giblet.train.durable_write.HashingWriter`);
+   32 MiB), so both overlap the serialization (:class:`~giblet.train.durable_write.HashingWriter`).
+   Where the last prune parked a file there (one no other tier links to), its blocks are overwritten
+   and it is cut to size: as databases recycle their log segments, since writing a new file's
+   never-used blocks is slower and uneven (measured here, 236 MB: 0.13-0.14 s rewriting a recycled
+   file, 0.17-0.89 s writing a new one);
 3. write ``index.json`` with the new digest as ``pending`` - the index still lists every old digest;
 4. hard-link ``latest.pt`` -> ``latest_backup.pt.tmp``, ``os.replace`` it onto ``latest_backup.pt`` -
    ``latest.pt`` is still the old, valid file, now also the backup;
 5. ``os.replace(latest.pt.tmp, latest.pt)`` - atomic: ``latest.pt`` is the old or the new file,
    never absent, and the backup holds the old one;
 6. link the rolling/epoch/best tiers, prune old rolling files, write the final index, fsync directories.
+   The pruned files leave the index first; the oldest with no other name is parked as
+   ``latest.pt.tmp`` (step 2), the others are unlinked by a thread (freeing a large file's blocks
+   took 50 ms of a 0.3 s save of 236 MB here); :meth:`wait_for_purge` joins it.
 
 The loader accepts a file whose sha256 is any digest the index records (committed or pending), so a
 crash between any two steps leaves ``latest.pt`` or ``latest_backup.pt`` verifiable.
@@ -108,6 +117,15 @@ def _tensor_bytes(obj, seen: set) -> int:
     return 0
 
 
+def _unlink_all(paths: list[Path]) -> None:
+    """Unlink ``paths``; a failure is logged, not raised (training goes on, the next prune retries)."""
+    for path in paths:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as err:
+            log.warning("could not remove the pruned checkpoint %s: %s", path, err)
+
+
 class CheckpointManager:
     """Tiered, verified checkpoints of one training run (see the module docstring).
 
@@ -130,6 +148,7 @@ class CheckpointManager:
         self._last_step, self._last_time = 0, time.time()
         self._last_size = 0                 # bytes of the last checkpoint written or read
         self._prepared = False
+        self._purger, self._purging = None, []  # the thread unlinking pruned files, and its work in flight
 
     # -- scheduling -------------------------------------------------------------------------------
     def should_save(self, step: int, now: float | None = None) -> bool:
@@ -212,14 +231,14 @@ class CheckpointManager:
         seen: set = set()
         estimate = max(_tensor_bytes(state, seen) + SLACK_BYTES, self._last_size)
         need = max(2 * estimate, self.min_free_bytes or 0)
-        free = shutil.disk_usage(self.directory).free
+        tmp = latest.with_name(LATEST + ".tmp")
+        free = shutil.disk_usage(self.directory).free + (tmp.stat().st_size if tmp.exists() else 0)
         if free < need:
             raise CheckpointError(f"{self.directory}: {free} bytes free, a checkpoint of step {step} "
                                   f"needs {need} (2 x ~{estimate} bytes or min_free_bytes); nothing written")
         started = time.time()
         payload = {**state, "step": step, "epoch": epoch, "config_hash": self.config_hash,
                    "saved_at": started}
-        tmp = latest.with_name(LATEST + ".tmp")
         with HashingWriter(tmp) as out:
             torch.save(payload, out)
             digest = out.finish()
@@ -258,13 +277,33 @@ class CheckpointManager:
         return latest
 
     def _prune(self, files: dict) -> None:
-        """Keep the newest ``keep_rolling`` rolling files plus the pinned (resumed-from) one."""
+        """Keep the newest ``keep_rolling`` rolling files plus the pinned (resumed-from) one: the others
+        leave ``files`` now and the disk in a thread. A file left by a crash is pruned next time."""
         on_disk = {f"rolling/{p.name}" for p in (self.directory / "rolling").glob("step-*.pt")}
         rolling = sorted(on_disk | {n for n in files if n.startswith("rolling/")})
-        for name in rolling[:-self.keep_rolling]:
-            if name not in self._pinned:
-                (self.directory / name).unlink(missing_ok=True)
-                files.pop(name, None)
+        doomed = [self.directory / name for name in rolling[:-self.keep_rolling] if name not in self._pinned]
+        for path in doomed:
+            files.pop(f"rolling/{path.name}", None)
+        parked = self.directory / (LATEST + ".tmp")
+        for path in doomed:
+            if path.exists() and path.stat().st_nlink == 1 and not parked.exists():
+                os.replace(path, parked)  # the next save overwrites its blocks (see the write order)
+                doomed.remove(path)
+                break
+        if doomed:
+            if self._purger is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                # Its thread is joined at interpreter exit, so the unlinks finish before the process ends.
+                self._purger = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-purge")
+            self._purging = [f for f in self._purging if not f.done()]
+            self._purging.append(self._purger.submit(_unlink_all, doomed))
+
+    def wait_for_purge(self) -> None:
+        """Join the unlinking of pruned files; after it, the directory holds exactly what the index lists."""
+        for future in self._purging:
+            future.result()
+        self._purging = []
 
     # -- loading ----------------------------------------------------------------------------------
     def _candidates(self, index: dict) -> list[str]:
@@ -310,6 +349,7 @@ class CheckpointManager:
         Candidates: latest, backup, rolling (newest first), epoch (newest first); each rejection is
         logged with its reason. A leading ``module.`` is stripped from ``state["model"]`` keys.
         """
+        self.wait_for_purge()  # no candidate vanishes while it is read
         index = self._prepare() if self.rank == 0 else self._read_index()
         if index.get("config_hash") not in (None, self.config_hash) or not self.directory.is_dir():
             return None                          # another configuration (rank 0 moved it aside)

@@ -44,7 +44,9 @@ class HashingWriter:
     SYNC_EVERY = 32 << 20    # fdatasync once this many more bytes are written
 
     def __init__(self, path: Path):
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        # No O_TRUNC: an existing file's blocks are overwritten in place, and finish() cuts it to size
+        # (the checkpoint manager parks a pruned checkpoint here to be recycled).
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         self._pending = bytearray()              # small writes not yet in the file
         self._written = self._hashed = self._synced = 0
         self._done = self._aborted = False       # no more writes / stop hashing now
@@ -133,6 +135,7 @@ class HashingWriter:
         """fsync the file (the hasher catches up meanwhile); returns the sha256 of all bytes written."""
         self.flush()
         self._stop()
+        os.ftruncate(self._fd, self._written)
         os.fsync(self._fd)
         self._join()
         if self._errors:
