@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import tempfile
 import time
@@ -76,9 +77,13 @@ def frame_extraction(quick: bool) -> dict:
         for repeat in range(repeats):
             pyav.append(_timed(_pyav_decode_and_scale, movie, width, height))
             ffmpeg.append(_timed(_ffmpeg_to_null, movie, width, height))
-            for skip, times in extract.items():  # a new folder each time, as Snakemake clears old outputs first
-                times.append(_timed(extract_frames, movie, Path(tmp) / f"skip{skip}-{repeat}" / "frames.npy",
-                                    config["tr"], {**params, "frame_skip": skip}, False))
+            for skip, times in extract.items():
+                # A new folder each time, deleted after (untimed), as Snakemake deletes a rule's old
+                # outputs before it runs the rule again.
+                out = Path(tmp) / f"skip{skip}-{repeat}"
+                times.append(_timed(extract_frames, movie, out / "frames.npy", config["tr"],
+                                    {**params, "frame_skip": skip}, False))
+                shutil.rmtree(out)
         reference_pyav, reference_ffmpeg = min(pyav), min(ffmpeg)
         for skip, times in extract.items():
             elapsed = min(times)

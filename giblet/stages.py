@@ -53,7 +53,7 @@ def extract_frames(*, movie, frames, sidecar, settings, tr, threads=1, progress=
     """Video frames per TR: uint8 (T, frames_per_tr, H, W, 3)."""
     from giblet.stimulus.frames import extract_frames as extract
 
-    return extract(movie, frames, tr, settings, progress=progress)
+    return extract(movie, frames, tr, settings, progress=progress, threads=threads)
 
 
 @stage

@@ -76,20 +76,23 @@ class FrameCounts:
 
 
 def sample_frames(movie: Path, tr: float, slots: int, frame_skip: int, counts: FrameCounts,
-                  progress: bool = True, desc: str = "extract frames") -> Iterator[tuple[int, int, av.VideoFrame]]:
+                  progress: bool = True, desc: str = "extract frames",
+                  decode_threads: int = 0) -> Iterator[tuple[int, int, av.VideoFrame]]:
     """Decode ``movie`` once and yield ``(tr_index, slot, frame)`` for every frame the TR grid keeps.
 
     TR ``i`` keeps every ``frame_skip``-th frame whose timestamp lies in ``[i*tr, (i+1)*tr)``, starting
     with the first, in slots ``0, 1, ...`` up to ``slots``; ``counts`` (its length is the number of
     TRs) records what was kept, seen and dropped. Every stage that samples frames goes through here,
-    so ``frames.npy`` and ``frame_features.npy`` hold the same frames. Raises InputError naming the
-    movie when a frame has no timestamp or decoding fails.
+    so ``frames.npy`` and ``frame_features.npy`` hold the same frames. ``decode_threads``: FFmpeg's
+    decoding threads (0: its choice, one per core; decoded frames are the same bytes either way).
+    Raises InputError naming the movie when a frame has no timestamp or decoding fails.
     """
     n_trs = len(counts.kept)
     current = 0
     with open_media(movie) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"  # frame-parallel decoding: the decode is the bottleneck
+        stream.codec_context.thread_count = decode_threads
         # Time 0 is the container's start, the origin the audio codes use too.
         origin = container.start_time / av.time_base if container.start_time is not None else 0.0
         bar = progress_bar(None, desc, "TR", progress, total=n_trs)
@@ -271,10 +274,11 @@ class TrWriter:
 
 
 def extract_frames(movie: str | Path, out_npy: str | Path, tr: float, params: dict,
-                   progress: bool = True) -> Path:
+                   progress: bool = True, threads: int | None = None) -> Path:
     """The ``extract_frames`` stage: write ``out_npy`` (uint8, T x F x H x W x 3) and its sidecar.
 
     ``params`` is the validated ``stimulus.frames`` config section (width, height, frame_skip).
+    ``threads``: the CPUs the job may use (default: this process's); one scales, the rest decode.
     Raises InputError naming the movie when it has no video stream, is corrupt or is truncated.
     """
     from giblet.files import sha256_in_background
@@ -289,7 +293,11 @@ def extract_frames(movie: str | Path, out_npy: str | Path, tr: float, params: di
     with atomic_output_dir(out_npy.parent) as tmp:
         counts = FrameCounts.zeros(n_trs)
         with TrWriter(tmp / out_npy.name, n_trs, slots, height, width) as writer:
-            sampled = sample_frames(movie, tr, slots, skip, counts, progress)
+            # One thread per CPU in all: FFmpeg's frame threads beside the scaling thread only
+            # contend (measured, 2 CPUs: 117 ms for a 30 s clip with one decoding thread, 134 ms
+            # with FFmpeg's automatic three).
+            decode_threads = max(1, (threads or len(os.sched_getaffinity(0))) - 1)
+            sampled = sample_frames(movie, tr, slots, skip, counts, progress, decode_threads=decode_threads)
             for i, slot, image in scaled_in_background(sampled, width, height):
                 writer.put(i, slot, image)
         check_complete(movie, counts, info.duration_s)
