@@ -2,7 +2,7 @@
 
 Output: uint8 ``(T, frames_per_tr, height, width, 3)`` RGB, written TR by TR into the ``.npy``
 (:class:`TrWriter`) so a feature-length movie never has to fit in RAM. Frames are scaled on a
-worker thread while the next ones decode (:func:`scaled_in_background`).
+worker thread while the next ones decode (:func:`write_scaled`).
 
 TR ``i`` holds the frames whose presentation time lies in ``[i*tr, (i+1)*tr)``: every
 ``frame_skip``-th of them, starting with the first. ``frames_per_tr = ceil(fps * tr / frame_skip)``
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 # Area averaging: the right filter for downscaling (no aliasing of fine detail).
 INTERPOLATION = "AREA"
 # Frames handed to the scaling thread at a time, and batches in flight: measured on 2 cores, 8 and 2
-# beat 4, 16 and 38 (a whole TR), and keep at most 24 decoded frames alive.
+# beat 4, 16 and 38 (a whole TR), and keep at most 24 decoded frames alive (write_scaled).
 SCALE_BATCH, SCALE_AHEAD = 8, 2
 
 
@@ -160,40 +160,43 @@ def sampling_summary(counts: FrameCounts, slots: int) -> dict:
             "empty_trs_filled": int(len(empty)), "dropped_frames": counts.dropped}
 
 
-def scaled_in_background(sampled: Iterator[tuple[int, int, av.VideoFrame]], width: int, height: int,
-                         ) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Yield ``(tr_index, slot, image)`` for every sampled frame, in order, scaled to ``(height, width, 3)``
-    uint8 RGB on a worker thread while the next frames decode.
+def write_scaled(sampled: Iterator[tuple[int, int, av.VideoFrame]], writer: "TrWriter", width: int,
+                 height: int) -> None:
+    """Scale every sampled frame to ``(height, width, 3)`` uint8 RGB and put it in ``writer``, in order,
+    both on one worker thread while this thread decodes the next frames.
 
-    Scaling (swscale, which releases the GIL) costs as much CPU as decoding; on the decoding thread
-    it leaves cores idle while it waits for frames. Batches of ``SCALE_BATCH`` frames, at most
-    ``SCALE_AHEAD`` of them queued, keep both busy (measured on 2 cores, a 30 s clip: a median
-    of 116 ms against 146 ms for a loop that scales as it decodes, 12 runs each).
+    Scaling (swscale, which releases the GIL) costs about as much CPU as decoding; done on the
+    decoding thread it leaves cores idle while that thread waits for frames. Batches of
+    ``SCALE_BATCH`` frames, at most ``SCALE_AHEAD`` of them queued, keep both threads busy, and the
+    writes go with the scaling, the lighter of the two. Measured on 2 cores, a 30 s clip, 13 runs
+    each: 121-132 ms best and 135-141 ms median with the writes on the worker; 129-140 and 155-156
+    with them on the decoding thread; 120-129 and 170-177 for a loop that only decodes and scales.
     """
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     # One reformatter for the whole movie: it keeps its scaler context, 10x cheaper than
-    # frame.reformat(), which builds a new one per frame. Only the worker thread uses it.
+    # frame.reformat(), which builds a new one per frame. Only the worker thread uses it and writer.
     reformatter = VideoReformatter()
 
-    def scale(batch):
-        return [(i, slot, reformatter.reformat(frame, width=width, height=height, format="rgb24",
-                                               interpolation=INTERPOLATION).to_ndarray())
-                for i, slot, frame in batch]
+    def scale_and_put(batch):
+        for i, slot, frame in batch:
+            writer.put(i, slot, reformatter.reformat(frame, width=width, height=height, format="rgb24",
+                                                     interpolation=INTERPOLATION).to_ndarray())
 
+    # Leaving the block waits for every queued batch, so nothing writes once this returns or raises.
     with ThreadPoolExecutor(max_workers=1) as pool:
         queued, batch = deque(), []
         for item in sampled:
             batch.append(item)
             if len(batch) == SCALE_BATCH:
-                queued.append(pool.submit(scale, batch))
+                queued.append(pool.submit(scale_and_put, batch))
                 batch = []
                 while len(queued) > SCALE_AHEAD:
-                    yield from queued.popleft().result()
-        queued.append(pool.submit(scale, batch))
+                    queued.popleft().result()
+        queued.append(pool.submit(scale_and_put, batch))
         while queued:
-            yield from queued.popleft().result()
+            queued.popleft().result()
 
 
 def movie_grid(movie: Path, tr: float, frame_skip: int):
@@ -298,8 +301,7 @@ def extract_frames(movie: str | Path, out_npy: str | Path, tr: float, params: di
             # with FFmpeg's automatic three).
             decode_threads = max(1, (threads or len(os.sched_getaffinity(0))) - 1)
             sampled = sample_frames(movie, tr, slots, skip, counts, progress, decode_threads=decode_threads)
-            for i, slot, image in scaled_in_background(sampled, width, height):
-                writer.put(i, slot, image)
+            write_scaled(sampled, writer, width, height)
         check_complete(movie, counts, info.duration_s)
         frames = np.load(tmp / out_npy.name, mmap_mode="r")
         write_sidecar(tmp / out_npy.name, frames, parameters={**params, "tr": tr},
