@@ -71,6 +71,7 @@ from giblet.train.durable_write import HashingWriter, link_atomically
 log = logging.getLogger(__name__)
 
 LATEST, BACKUP, BEST, INDEX = "latest.pt", "latest_backup.pt", "best.pt", "index.json"
+NEXT = LATEST + ".tmp"  # the file a save writes, and between saves the recycled one (write order)
 SLACK_BYTES = 1 << 20  # added to the tensor bytes when estimating a checkpoint's size
 
 
@@ -231,7 +232,7 @@ class CheckpointManager:
         seen: set = set()
         estimate = max(_tensor_bytes(state, seen) + SLACK_BYTES, self._last_size)
         need = max(2 * estimate, self.min_free_bytes or 0)
-        tmp = latest.with_name(LATEST + ".tmp")
+        tmp = self.directory / NEXT
         free = shutil.disk_usage(self.directory).free + (tmp.stat().st_size if tmp.exists() else 0)
         if free < need:
             raise CheckpointError(f"{self.directory}: {free} bytes free, a checkpoint of step {step} "
@@ -284,12 +285,12 @@ class CheckpointManager:
         doomed = [self.directory / name for name in rolling[:-self.keep_rolling] if name not in self._pinned]
         for path in doomed:
             files.pop(f"rolling/{path.name}", None)
-        parked = self.directory / (LATEST + ".tmp")
-        for path in doomed:
-            if path.exists() and path.stat().st_nlink == 1 and not parked.exists():
-                os.replace(path, parked)  # the next save overwrites its blocks (see the write order)
-                doomed.remove(path)
-                break
+        parked = self.directory / NEXT
+        if not parked.exists():
+            lone = next((path for path in doomed if path.exists() and path.stat().st_nlink == 1), None)
+            if lone is not None:
+                os.replace(lone, parked)  # the next save overwrites its blocks (see the write order)
+                doomed.remove(lone)
         if doomed:
             if self._purger is None:
                 from concurrent.futures import ThreadPoolExecutor

@@ -329,12 +329,12 @@ class Engine:
         """The weights with the best validation score (``best.pt``, lowest SELECTION_KEY), or the final ones
         without validation."""
         best = self.checkpoints.directory / "best.pt"
+        validated = math.isfinite(self.early["best"])
         last = self.history[-1] if self.history else {}
         # When the last validation is the best and nothing trained since, best.pt (maybe still being
         # written) holds the current weights: neither wait for it nor read it back.
-        best_is_current = math.isfinite(self.early["best"]) and last.get(SELECTION_KEY) == self.early["best"] \
-            and last["step"] == self.step
-        if math.isfinite(self.early["best"]) and not best_is_current:
+        best_is_current = validated and last.get(SELECTION_KEY) == self.early["best"] and last["step"] == self.step
+        if validated and not best_is_current:
             self.saver.wait()  # best.pt may be the write in flight
             if best.exists():
                 state = load_checkpoint(best)
