@@ -76,9 +76,8 @@ def test_held_out_fmri_prediction_beats_chance_and_approaches_the_ceiling(traine
     history = [json.loads(line) for line in (trained / "train" / "history.jsonl").read_text().splitlines()]
     val_r = [h["val/fmri_r_mean"] for h in history if "val/fmri_r_mean" in h]
     # Every epoch validated. Trained through the brain's principal components, the model reaches its
-    # validation r within the first epoch on this small demo (measured: 0.063 after epoch 1, 0.069-0.071
-    # after epochs 2-8; 0.046 after 30 in a longer run); the untrained model predicts the mean (r = 0). Learning
-    # itself is asserted above.
+    # validation r within the first epochs on this small demo (measured: 0.063 after epoch 1, 0.069-0.071
+    # after epochs 2-8); the untrained model predicts the mean (r = 0). Learning itself is asserted above.
     assert len(val_r) == 8 and min(val_r) > 0
 
 
