@@ -142,8 +142,8 @@ def test_demo_through_snakemake_and_only_stale_stages_rerun(finished_demo, tmp_p
         "pretrain_audio": 1, "assemble_dataset": 1, "train": 1, "baseline_ridge": 1, **MODEL_READERS, "all": 1}
     # A training parameter reruns training and what reads the model; not the data, not the ridge baseline.
     relearn = write_overlay(workflow_copy, small + ["train.lr=0.002"], "lr.yaml")
-    assert planned_jobs(snakemake(workflow_copy, "--configfile", relearn, "-n")) == {"train": 1, **MODEL_READERS,
-                                                                                     "all": 1}
+    planned = planned_jobs(snakemake(workflow_copy, "--configfile", relearn, "-n"))
+    assert planned == {"train": 1, **MODEL_READERS, "all": 1}
     # An fMRI normalization parameter reruns the z-scoring and everything after it: not the mask, the
     # split or any stimulus feature.
     renormalized = write_overlay(workflow_copy, small + ["fmri.normalize_on=all"], "norm.yaml")
@@ -172,20 +172,19 @@ def test_demo_through_snakemake_and_only_stale_stages_rerun(finished_demo, tmp_p
         f.write("\n# an edit\n")
     assert planned_jobs(snakemake(workflow_copy, "--configfile", overlay, "-n", pythonpath=edited)) == {
         "train": 1, **MODEL_READERS, "all": 1}
-    # The movie's content changed: the features and the split rerun, and the z-scoring that fits on the
-    # split's training block; not the demo or the mask. The dry run shows the whole plan, and the run
-    # executes exactly it.
-    with open(results / "demo" / "movie.mp4", "ab") as f:
-        f.write(b"\0" * 64)  # trailing bytes: a new file as far as Snakemake can tell, still decodable
-    planned = planned_jobs(snakemake(workflow_copy, "--configfile", overlay, "-n"))
-    # check_inputs reads the movie too (a changed input is checked again); nothing reads its report.
-    assert planned == {"check_inputs": 1, "extract_frames": 1, "encode_audio": 1, "embed_text": 1, "pretrain_frames": 1,
-                       "pretrain_audio": 1, "plan_split": 1, "normalize_fmri": 3,
-                       "average_fmri": 1, "assemble_dataset": 1, "train": 1, "baseline_ridge": 1, **MODEL_READERS,
-                       "all": 1}
-    rerun = snakemake(workflow_copy, "--configfile", overlay)
+    # The run executes exactly what the dry run planned (here the training change's plan).
+    rerun = snakemake(workflow_copy, "--configfile", relearn)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert ran_jobs(rerun) == planned
+    # The movie's content changed: the features and the split rerun, and the z-scoring that fits on the
+    # split's training block; not the demo or the mask. (tests/test_reruns.py runs such a change.)
+    with open(results / "demo" / "movie.mp4", "ab") as f:
+        f.write(b"\0" * 64)  # trailing bytes: a new file as far as Snakemake can tell, still decodable
+    # check_inputs reads the movie too (a changed input is checked again); nothing reads its report.
+    assert planned_jobs(snakemake(workflow_copy, "--configfile", overlay, "-n")) == {
+        "check_inputs": 1, "extract_frames": 1, "encode_audio": 1, "embed_text": 1, "pretrain_frames": 1,
+        "pretrain_audio": 1, "plan_split": 1, "normalize_fmri": 3, "average_fmri": 1, "assemble_dataset": 1,
+        "train": 1, "baseline_ridge": 1, **MODEL_READERS, "all": 1}
     # The demo's seed changes everything downstream of it.
     reseeded = write_overlay(workflow_copy, small + ["demo.seed=5"], "seed.yaml")
     assert planned_jobs(snakemake(workflow_copy, "--configfile", reseeded, "-n")).get("demo_dataset") == 1
