@@ -49,3 +49,52 @@ def test_a_failed_background_write_is_raised_by_the_next_save_or_wait(tmp_path):
     with pytest.raises(CheckpointError):
         saver.save({"w": torch.zeros(3)}, step=3, epoch=0, background=False)
     assert not (tmp_path / "ck" / "latest.pt").exists()
+
+
+def test_the_optimizers_tensors_are_copied_in_the_thread_and_its_next_step_waits_for_them(tmp_path, monkeypatch):
+    """Given the optimizer, save returns before the parameters and the optimizer's state are copied
+    (they are nearly all the bytes); a buffer that a forward pass changes is copied before it returns;
+    the optimizer's next step waits for the copies, so the checkpoint holds the weights of the save."""
+    import threading
+    import time
+
+    from giblet.train import background_save
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.BatchNorm1d(64))
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(8, 64)).square().mean().backward()
+    opt.step()
+    at_save = {k: v.clone() for k, v in model.state_dict().items()}
+    adam_at_save = opt.state_dict()["state"][0]["exp_avg"].clone()
+
+    copying = threading.Event()
+    run = background_save.DeferredCopies.run
+
+    def slow_run(self):
+        copying.set()
+        time.sleep(0.3)  # a long copy: the step below must wait for it
+        run(self)
+
+    monkeypatch.setattr(background_save.DeferredCopies, "run", slow_run)
+    saver = BackgroundSaver(CheckpointManager(tmp_path / "ck", "h", every_minutes=None))
+    t0 = time.perf_counter()
+    saver.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, step=1, epoch=0, optimizer=opt)
+    assert time.perf_counter() - t0 < 0.25  # returned without waiting for the deferred copies
+    model(torch.randn(8, 64)).square().mean().backward()  # the next step: running statistics change
+    assert copying.wait(5)
+    opt.step()  # waits for the copies
+    assert not torch.equal(model[0].weight, at_save["0.weight"])
+    saver.wait()
+
+    saved = load_checkpoint(tmp_path / "ck" / "latest.pt")
+    for key, value in at_save.items():
+        assert torch.equal(saved["model"][key], value), key
+    assert torch.equal(saved["optimizer"]["state"][0]["exp_avg"], adam_at_save)
+    # Without the optimizer, everything is copied before save returns.
+    saver.save({"model": model.state_dict()}, step=2, epoch=0)
+    weights = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    saver.wait()
+    assert torch.equal(load_checkpoint(tmp_path / "ck" / "latest.pt")["model"]["0.weight"], weights)

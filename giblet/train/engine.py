@@ -198,6 +198,7 @@ class Engine:
         """Checkpoint now, then rewrite history.jsonl from it; ``background`` (with
         ``checkpoint.background``): from a CPU copy, in a thread (:mod:`giblet.train.background_save`)."""
         rank_states = dist.gather_objects(rng_state())
+        self.saver.wait_for_snapshot()  # _before_save may change weights the last snapshot still copies
         self._before_save()
         state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "cursor": self.cursor, "history": self.history,
@@ -205,7 +206,8 @@ class Engine:
                  "params": self.params, "manifest_sha256": self.manifest_sha256}
         self.saver.save(state, self.step, self.epoch, end_of_epoch=end_of_epoch, val_loss=val_loss,
                         background=background and self.params["checkpoint"].get("background", True),
-                        then=(lambda saved: self._write_history(saved["history"])) if self.rank == 0 else None)
+                        then=(lambda saved: self._write_history(saved["history"])) if self.rank == 0 else None,
+                        optimizer=self.optimizer)
 
     def _write_history(self, history: list[dict]) -> None:
         tmp = self.out / ".history.jsonl.tmp"
@@ -292,6 +294,9 @@ class Engine:
                     return EXIT_RESUME
                 self.epoch, self.cursor = self.epoch + 1, 0
                 val_loss = None
+                # Validation and the final files change weights in place (the composed fMRI layer, the
+                # readout refit): not while a background save still copies them.
+                self.saver.wait_for_snapshot()
                 if self.val_set is not None and self.epoch % p["val_every_epochs"] == 0:
                     metrics = self.validate()
                     val_loss = metrics[SELECTION_KEY]
@@ -301,6 +306,7 @@ class Engine:
                     self._early_stopping(val_loss)
                 self.save(end_of_epoch=True, val_loss=val_loss, background=True)
             if self.rank == 0:
+                self.saver.wait_for_snapshot()
                 self.write_model()  # the last write goes on meanwhile, unless best.pt is needed
             self.saver.wait()
             validations = [h for h in self.history if "val/total" in h]
