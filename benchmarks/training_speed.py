@@ -216,29 +216,42 @@ def trainer_overhead(quick: bool) -> dict:
     return results
 
 
-def trained_state(manifest: Path, preset: str, optimizer: str = "adamw") -> tuple[dict, torch.optim.Optimizer]:
-    """Model and optimizer state dicts after one optimizer step on one batch (CPU)."""
+def one_batch_training(manifest: Path, preset: str, optimizer: str = "adamw"):
+    """``(model, optimizer, forward_backward)`` on CPU: ``forward_backward()`` runs the loss's forward
+    and backward pass on one batch of 4 windows (the optimizer step is the caller's)."""
     data_set = read_manifest(manifest)
     torch.manual_seed(0)
     model = BrainAutoencoder.from_manifest(data_set.to_dict(), preset)
     opt = make_optimizer(optimizer, model.parameters(), 1e-3, 0.01)
     data = WindowDataset(data_set, "train")
     batch = collate(data, list(range(min(4, len(data)))), "cpu")
-    losses(model(batch), batch)["total"].backward()
+    return model, opt, lambda: losses(model(batch), batch)["total"].backward()
+
+
+def trained_state(manifest: Path, preset: str, optimizer: str = "adamw") -> tuple[dict, torch.optim.Optimizer]:
+    """Model and optimizer state dicts after one optimizer step on one batch (CPU)."""
+    model, opt, forward_backward = one_batch_training(manifest, preset, optimizer)
+    forward_backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
     return {"model": model.state_dict(), "optimizer": opt.state_dict()}, opt
 
 
-def benchmark_save(directory: Path, state: dict, repeats: int = 6) -> dict:
+def benchmark_save(directory: Path, state: dict, repeats: int = 6, training=None) -> dict:
     """Seconds of :meth:`CheckpointManager.save` vs plain ``torch.save`` (with and without fsync) of
     ``state`` in ``directory``; best of ``repeats``. ``ratio`` = torch.save time / save time;
     ``ratio_vs_fsync_new_file``: against torch.save + fsync of a new file each time, 4 kept (on this
     machine's virtual disk new files write at two speeds, 0.27 or 0.6-0.75 s). The manager's first
     saves write new files too (``ratio_vs_fsync_first_save``: the first); from the fifth on it
     overwrites the pruned file it recycles (``save_runs_s``: every save, in order). And the
-    training loop's stall for a background save (:class:`BackgroundSaver`: the CPU copy), against
-    the synchronous save: ``background_stall_vs_save``, goal <= 0.10."""
+    training loop's stall for a background save, against the synchronous save:
+    ``background_stall_vs_save``, goal <= 0.10. With ``training`` (``one_batch_training``'s model,
+    optimizer and pass), as the Trainer saves: the stall is ``save`` returning plus the wait of the
+    next optimizer step for the parameters' and optimizer state's copies, made while the next
+    forward and backward pass runs; ``forward_backward_s`` and ``forward_backward_after_save_s``
+    (medians) show what the copy and the write in the thread cost that pass on a CPU, where they
+    share its cores (on a GPU the copy runs on a side stream). ``background_stall_copy_all_s``: the
+    stall when everything is copied before ``save`` returns."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     manager = CheckpointManager(directory / "ckpt", "benchmark", every_minutes=None)
@@ -262,15 +275,43 @@ def benchmark_save(directory: Path, state: dict, repeats: int = 6) -> dict:
         manager.save(state, step=i + 1, epoch=0)
         managed.append(time.perf_counter() - t)
     saver = BackgroundSaver(CheckpointManager(directory / "background", "benchmark", every_minutes=None))
-    stalls = []
+    copy_all = []
     for i in range(repeats):
         t = time.perf_counter()
         saver.save(state, step=i + 1, epoch=0)  # returns once the CPU copy is taken
-        stalls.append(time.perf_counter() - t)
+        copy_all.append(time.perf_counter() - t)
         saver.wait()
+    stalls, passes, passes_after_save = copy_all, [], []
+    if training is not None:
+        model, optimizer, forward_backward = training
+        saver = BackgroundSaver(CheckpointManager(directory / "pipelined", "benchmark", every_minutes=None))
+        stalls = []
+        for i in range(repeats):
+            t = time.perf_counter()
+            forward_backward()
+            passes.append(time.perf_counter() - t)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            t = time.perf_counter()
+            saver.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, step=i + 1, epoch=0,
+                       optimizer=optimizer)
+            returned = time.perf_counter() - t
+            t = time.perf_counter()
+            forward_backward()
+            passes_after_save.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            saver.wait_for_snapshot()  # what optimizer.step()'s pre-hook waits for
+            stalls.append(returned + time.perf_counter() - t)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            saver.wait()
     # The first saves write new files; from the 5th on (keep_rolling 3) each overwrites a recycled one.
     out = {"torch_save_s": min(plain), "torch_save_fsync_s": min(synced), "torch_save_fsync_new_file_s": min(fresh),
-           "save_s": min(managed), "save_runs_s": [round(t, 3) for t in managed], "background_stall_s": min(stalls)}
+           "save_s": min(managed), "save_runs_s": [round(t, 3) for t in managed], "background_stall_s": min(stalls),
+           "background_stall_copy_all_s": min(copy_all)}
+    if passes:
+        out.update({"forward_backward_s": float(np.median(passes)),
+                    "forward_backward_after_save_s": float(np.median(passes_after_save))})
     out["ratio"] = out["torch_save_s"] / out["save_s"]
     out["ratio_vs_fsync_first_save"] = out["torch_save_fsync_s"] / managed[0]
     out["ratio_vs_fsync"] = out["torch_save_fsync_s"] / out["save_s"]
@@ -304,7 +345,8 @@ def checkpoint_overhead(quick: bool) -> dict:
         del run
         for preset in ("tiny", "base"):
             state, _ = trained_state(manifest, preset)
-            timing = benchmark_save(Path(tmp) / f"bench_{preset}", state)
+            timing = benchmark_save(Path(tmp) / f"bench_{preset}", state,
+                                    training=one_batch_training(manifest, preset))
             plain = Path(tmp) / f"bench_{preset}" / "plain.pt"
             mb = plain.stat().st_size / 1e6
             t0 = time.perf_counter()
