@@ -94,10 +94,12 @@ class DeferredCopies:
         tensors += [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
         self.storages = {t.untyped_storage().data_ptr() for t in tensors}
         self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []  # (CPU buffer, live tensor)
+        self.device = next((t.device for t in tensors if t.is_cuda), None)
         self.ready = None
-        if any(t.is_cuda for t in tensors):
-            self.ready = torch.cuda.Event()
-            self.ready.record()
+        if self.device is not None:
+            with torch.cuda.device(self.device):
+                self.ready = torch.cuda.Event()
+                self.ready.record()  # on the loop's stream: what it queued before the save
 
     def owns(self, tensor: torch.Tensor) -> bool:
         return tensor.untyped_storage().data_ptr() in self.storages
@@ -107,7 +109,8 @@ class DeferredCopies:
             for buffer, tensor in self.pairs:
                 buffer.copy_(tensor)
             return
-        stream = torch.cuda.Stream()
+        with torch.cuda.device(self.device):  # this thread's current device is not the loop's
+            stream = torch.cuda.Stream()
         with torch.cuda.stream(stream):
             stream.wait_event(self.ready)
             for buffer, tensor in self.pairs:
