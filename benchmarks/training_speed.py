@@ -281,35 +281,14 @@ def benchmark_save(directory: Path, state: dict, repeats: int = 6, training=None
         saver.save(state, step=i + 1, epoch=0)  # returns once the CPU copy is taken
         copy_all.append(time.perf_counter() - t)
         saver.wait()
-    stalls, passes, passes_after_save = copy_all, [], []
+    stalls = copy_all
     if training is not None:
-        model, optimizer, forward_backward = training
-        saver = BackgroundSaver(CheckpointManager(directory / "pipelined", "benchmark", every_minutes=None))
-        stalls = []
-        for i in range(repeats):
-            t = time.perf_counter()
-            forward_backward()
-            passes.append(time.perf_counter() - t)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            t = time.perf_counter()
-            saver.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, step=i + 1, epoch=0,
-                       optimizer=optimizer)
-            returned = time.perf_counter() - t
-            t = time.perf_counter()
-            forward_backward()
-            passes_after_save.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            saver.wait_for_snapshot()  # what optimizer.step()'s pre-hook waits for
-            stalls.append(returned + time.perf_counter() - t)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            saver.wait()
+        stalls, passes, passes_after_save = _pipelined_stalls(directory / "pipelined", training, repeats)
     # The first saves write new files; from the 5th on (keep_rolling 3) each overwrites a recycled one.
     out = {"torch_save_s": min(plain), "torch_save_fsync_s": min(synced), "torch_save_fsync_new_file_s": min(fresh),
            "save_s": min(managed), "save_runs_s": [round(t, 3) for t in managed], "background_stall_s": min(stalls),
            "background_stall_copy_all_s": min(copy_all)}
-    if passes:
+    if training is not None:
         out.update({"forward_backward_s": float(np.median(passes)),
                     "forward_backward_after_save_s": float(np.median(passes_after_save))})
     out["ratio"] = out["torch_save_s"] / out["save_s"]
@@ -318,6 +297,36 @@ def benchmark_save(directory: Path, state: dict, repeats: int = 6, training=None
     out["ratio_vs_fsync_new_file"] = out["torch_save_fsync_new_file_s"] / out["save_s"]
     out["background_stall_vs_save"] = out["background_stall_s"] / out["save_s"]
     return out
+
+
+def _pipelined_stalls(directory: Path, training, repeats: int) -> tuple[list, list, list]:
+    """Background saves as the Trainer makes them (given the optimizer): per save, the loop's stall
+    (``save`` returning, plus the next optimizer step's wait for the deferred copies, with a forward
+    and backward pass between), and the seconds of a forward and backward pass without and right
+    after a save."""
+    model, optimizer, forward_backward = training
+    saver = BackgroundSaver(CheckpointManager(directory, "benchmark", every_minutes=None))
+    stalls, passes, passes_after_save = [], [], []
+    for i in range(repeats):
+        t = time.perf_counter()
+        forward_backward()
+        passes.append(time.perf_counter() - t)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        t = time.perf_counter()
+        saver.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, step=i + 1, epoch=0,
+                   optimizer=optimizer)
+        returned = time.perf_counter() - t
+        t = time.perf_counter()
+        forward_backward()
+        passes_after_save.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        saver.wait_for_snapshot()  # what optimizer.step()'s pre-hook waits for
+        stalls.append(returned + time.perf_counter() - t)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        saver.wait()
+    return stalls, passes, passes_after_save
 
 
 def checkpoint_overhead(quick: bool) -> dict:

@@ -4,9 +4,13 @@ raised, never lost. (A SIGKILL in the middle of a background write: tests/test_t
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 import torch
 
+from giblet.train import background_save
 from giblet.train.background_save import BackgroundSaver, cpu_snapshot
 from giblet.train.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
 
@@ -55,11 +59,6 @@ def test_the_optimizers_tensors_are_copied_in_the_thread_and_its_next_step_waits
     """Given the optimizer, save returns before the parameters and the optimizer's state are copied
     (they are nearly all the bytes); a buffer that a forward pass changes is copied before it returns;
     the optimizer's next step waits for the copies, so the checkpoint holds the weights of the save."""
-    import threading
-    import time
-
-    from giblet.train import background_save
-
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.BatchNorm1d(64))
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
